@@ -31,7 +31,11 @@ class Aligner(ABC):
 
     #: The name ``make_aligner`` knows this aligner by.
     name: str = ""
-    grouping: Grouping = "model"
+
+    def __init__(self, grouping: Grouping = "model") -> None:
+        if grouping not in ("model", "layer"):
+            raise ValueError(f"{self.name}: grouping must be 'model' or 'layer', got {grouping!r}")
+        self.grouping: Grouping = grouping
 
     @abstractmethod
     def weights(self, gram: Tensor) -> Tensor:
@@ -65,7 +69,7 @@ class Aligner(ABC):
             )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(grouping={self.grouping!r})"
 
 
 def as_gram_batch(gram: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from dpda.align.base import Aligner, as_gram_batch
+from dpda.align.base import Aligner, Grouping, as_gram_batch
 
 #: The paper code's guards against division by zero and sqrt(0), kept so results match it.
 _EPS = 1e-8
@@ -29,9 +29,10 @@ class CAGrad(Aligner):
 
     name = "cagrad"
 
-    def __init__(self, c: float = 0.5) -> None:
+    def __init__(self, c: float = 0.5, grouping: Grouping = "model") -> None:
         if c < 0:
             raise ValueError(f"cagrad: c must be non-negative, got {c}")
+        super().__init__(grouping)
         self.c = c
 
     def weights(self, gram: Tensor) -> Tensor:
@@ -49,7 +50,7 @@ class CAGrad(Aligner):
         return ((0.5 + lam * x[0]) / scale, (0.5 + lam * x[1]) / scale)
 
     def __repr__(self) -> str:
-        return f"CAGrad(c={self.c})"
+        return f"CAGrad(c={self.c}, grouping={self.grouping!r})"
 
 
 def _argmin_on_segment(oo: float, oa: float, aa: float, radius: float) -> float:

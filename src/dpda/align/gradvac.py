@@ -36,10 +36,8 @@ class GradVac(Aligner):
     def __init__(self, beta: float = 0.5, grouping: Grouping = "model") -> None:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"gradvac: beta must be in [0, 1], got {beta}")
-        if grouping not in ("model", "layer"):
-            raise ValueError(f"gradvac: grouping must be 'model' or 'layer', got {grouping!r}")
+        super().__init__(grouping)
         self.beta = beta
-        self.grouping = grouping
         self.rho_target: Tensor | None = None  # (n_groups, 2, 2); [i, j]: path i against path j
 
     def weights(self, gram: Tensor) -> Tensor:

@@ -19,7 +19,8 @@ class PCGrad(Aligner):
 
     Edge cases: without conflict (``d >= 0``, which includes a zero gradient on either path and
     identical gradients) the result is the mean; exactly opposite gradients project to zero,
-    so the result is the zero vector.
+    so the result is the zero vector. ``grouping="layer"`` projects each module's gradients
+    separately.
     """
 
     name = "pcgrad"

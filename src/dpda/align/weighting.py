@@ -23,10 +23,8 @@ class TorchJDWeighting(Aligner):
     """Applies a torchjd Gramian ``Weighting`` to the Gram matrix of every parameter group."""
 
     def __init__(self, name: str, weighting: aggregation.Weighting, grouping: Grouping = "model") -> None:
-        if grouping not in ("model", "layer"):
-            raise ValueError(f"{name}: grouping must be 'model' or 'layer', got {grouping!r}")
         self.name = name
-        self.grouping = grouping
+        super().__init__(grouping)
         self.method = weighting
 
     def weights(self, gram: Tensor) -> Tensor:

@@ -1,0 +1,312 @@
+"""One dual-path training step: two path losses, two gradient sets, aligned, one optimizer step.
+
+The gradient sets are never flattened: path gradients are moved out of ``p.grad`` into two
+lists of tensors (reference swaps, no copies), the aligner sees only the 2x2 Gram matrix, and
+``w_o g_o + w_a g_a`` is written in place into the original-path tensors, which then become
+``p.grad``. The loss normalisation (see ``loss.py``), the fp16 loss scale and gradient clipping
+are folded into the two weights, so none of them costs a pass over the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dpda.align import Aligner, combine_, gram_from_products, make_aligner, pairwise_products
+from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy
+from dpda.dualpath.scaler import LossScaler
+from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distributed
+
+Mode = Literal["joint", "split", "concat"]
+Precision = Literal["fp32", "bf16", "fp16"]
+MODES = ("joint", "split", "concat")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ORIG, AUG = 0, 1
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did. Gradient statistics are of the normalised (mean-loss) path
+    gradients over the whole model; they are ``None`` in ``concat`` mode, which has no per-path
+    gradients, and in a skipped step."""
+
+    loss_orig: float
+    loss_aug: float
+    skipped: bool
+    cosine: float | None = None
+    inner: float | None = None
+    norm_orig: float | None = None
+    norm_aug: float | None = None
+    conflict: bool | None = None
+    weight_orig: float | None = None
+    weight_aug: float | None = None
+    result_norm: float | None = None
+    clip_coef: float | None = None
+    loss_scale: float | None = None
+
+    def as_dict(self) -> dict[str, float | bool | None]:
+        return asdict(self)
+
+
+class DualPathStep:
+    """Dual-path training: ``accumulate`` micro-batches, then ``step`` once (or call it).
+
+    ``mode``:
+      - ``joint`` (the paper's): one forward over ``[x_orig; x_aug]`` (BatchNorm sees both),
+        two backward passes through the shared graph;
+      - ``split``: a forward and a backward per path (BatchNorm statistics per path; running
+        statistics are updated twice per step) -- the cost of one ordinary step over 2B;
+      - ``concat``: the ordinary augmented-data step, one loss over all 2B utterances and one
+        backward; no per-path gradients, the aligner is not used.
+
+    Under torch.distributed (do not wrap the model in DDP) both gradient sets are summed over
+    ranks before alignment, so every rank computes the same update; parameters are broadcast
+    from rank 0 at construction.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        aligner: Aligner | str = "mean",
+        *,
+        loss: PathLoss | None = None,
+        mode: Mode = "joint",
+        precision: Precision = "fp32",
+        max_grad_norm: float | None = None,
+        loss_scaler: LossScaler | None = None,
+        process_group: dist.ProcessGroup | None = None,
+        bucket_mb: float = 25.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        self.model = model
+        self.optimizer = optimizer
+        self.aligner = make_aligner(aligner) if isinstance(aligner, str) else aligner
+        self.loss = loss if loss is not None else WeightedCrossEntropy()
+        self.mode = mode
+        self.precision = precision
+        self.max_grad_norm = max_grad_norm
+        self.loss_scaler = (loss_scaler or LossScaler()) if precision == "fp16" else None
+        self.process_group = process_group
+        self.bucket_bytes = int(bucket_mb * 2**20)
+        self.distributed = is_distributed(process_group)
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no parameter that requires a gradient")
+        self.params = [p for _, p in named]
+        self.group_members = _group_members([name for name, _ in named], self.aligner.grouping)
+        self.group_index = torch.empty(len(self.params), dtype=torch.long)
+        for group, members in enumerate(self.group_members):
+            self.group_index[members] = group
+        self.steps = 0
+        self.skipped_steps = 0
+        self._reset_accumulation()
+        if self.distributed:
+            broadcast_module_(model, process_group)
+
+    # ----------------------------------------------------------------------------------------
+    def __call__(self, x_orig: Tensor, x_aug: Tensor, labels: Tensor) -> StepStats:
+        """One micro-batch and the optimizer step (no accumulation)."""
+        self.accumulate(x_orig, x_aug, labels)
+        return self.step()
+
+    def accumulate(self, x_orig: Tensor, x_aug: Tensor, labels: Tensor) -> None:
+        """Forward and backward one micro-batch, adding to both path gradient sets."""
+        if x_orig.shape != x_aug.shape:
+            raise ValueError(
+                f"x_orig and x_aug must have the same shape, got {tuple(x_orig.shape)} "
+                f"and {tuple(x_aug.shape)}"
+            )
+        if labels.shape != x_orig.shape[:1]:
+            raise ValueError(
+                f"labels must have shape ({x_orig.shape[0]},) to match the batch, got {tuple(labels.shape)}"
+            )
+        batch = x_orig.shape[0]
+        if self.mode == "split":
+            terms = []
+            for path, x in ((ORIG, x_orig), (AUG, x_aug)):  # one graph alive at a time
+                numerator, denominator = self._forward_loss(x, labels)
+                self._backward(numerator, path)
+                terms.append((numerator, denominator))
+        else:
+            with self._autocast():
+                logits = _logits_of(self.model(torch.cat([x_orig, x_aug])))
+                terms = [self.loss(logits[:batch], labels), self.loss(logits[batch:], labels)]
+            if self.mode == "concat":
+                self._backward(terms[0][0] + terms[1][0], ORIG)
+            else:
+                self._backward(terms[0][0], ORIG, retain_graph=True)
+                self._backward(terms[1][0], AUG)
+        self._totals += torch.stack([t.detach().double() for pair in terms for t in pair])
+        self._micro_batches += 1
+
+    def step(self) -> StepStats:
+        """Synchronise, align, combine, clip and apply the accumulated gradients."""
+        if self._micro_batches == 0:
+            raise RuntimeError("step() called before accumulate(): there are no gradients to apply")
+        if self.distributed:
+            self._synchronise()
+        num_o, den_o, num_a, den_a = self._totals.tolist()
+        scale = self.loss_scaler.scale if self.loss_scaler else 1.0
+        losses = {"loss_orig": num_o / den_o, "loss_aug": num_a / den_a}
+        if self.mode == "concat":
+            stats = self._apply_concat(1.0 / (scale * (den_o + den_a)), losses)
+        else:
+            stats = self._apply_aligned(torch.tensor([1.0 / (scale * den_o), 1.0 / (scale * den_a)],
+                                                     dtype=torch.float64), losses)
+        if self.loss_scaler is not None:
+            self.loss_scaler.update(stats.skipped)
+        self.steps += 1
+        self.skipped_steps += stats.skipped
+        self._reset_accumulation()
+        return stats
+
+    # ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Flat tensors (safetensors-ready): aligner state, loss scale, step counters."""
+        state = {f"aligner.{k}": v for k, v in self.aligner.state_dict().items()}
+        if self.loss_scaler is not None:
+            state.update({f"loss_scaler.{k}": v for k, v in self.loss_scaler.state_dict().items()})
+        state["steps"] = torch.tensor(self.steps, dtype=torch.int64)
+        state["skipped_steps"] = torch.tensor(self.skipped_steps, dtype=torch.int64)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        missing = {"steps", "skipped_steps"} - set(state)
+        if missing:
+            raise KeyError(f"dual-path engine state is missing {sorted(missing)}")
+        self.aligner.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("aligner.")})
+        scaler_state = {k[12:]: v for k, v in state.items() if k.startswith("loss_scaler.")}
+        if self.loss_scaler is not None:
+            self.loss_scaler.load_state_dict(scaler_state)
+        elif scaler_state:
+            raise KeyError("the saved state has a loss scale but this engine does not run in fp16")
+        self.steps = int(state["steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+    # ----------------------------------------------------------------------------------------
+    def _forward_loss(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with self._autocast():
+            return self.loss(_logits_of(self.model(x)), labels)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device = self.params[0].device.type
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device, dtype=dtype)
+
+    def _backward(self, numerator: Tensor, path: int, retain_graph: bool = False) -> None:
+        """Back-propagate into path ``path``'s set: its tensors are lent to ``p.grad`` meanwhile,
+        so autograd accumulates in place and the first micro-batch's gradients are not copied."""
+        grads = self._grads[path]
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        if self.loss_scaler is not None:
+            numerator = numerator * self.loss_scaler.scale
+        numerator.backward(retain_graph=retain_graph)
+        for i, p in enumerate(self.params):
+            grads[i] = p.grad
+            p.grad = None
+
+    def _synchronise(self) -> None:
+        paths = (ORIG,) if self.mode == "concat" else (ORIG, AUG)
+        for path in paths:  # every rank needs the same tensor layout, so absent gradients become zeros
+            grads = self._grads[path]
+            for i, p in enumerate(self.params):
+                if grads[i] is None:
+                    grads[i] = torch.zeros_like(p)
+            all_reduce_sum_(grads, self.process_group, self.bucket_bytes)  # type: ignore[arg-type]
+        dist.all_reduce(self._totals, group=self.process_group)
+
+    def _apply_aligned(self, normaliser: Tensor, losses: dict[str, float]) -> StepStats:
+        products = pairwise_products(self._grads[ORIG], self._grads[AUG])
+        group_index = None if len(self.group_members) == 1 else self.group_index
+        gram = gram_from_products(products, group_index).cpu() * torch.outer(normaliser, normaliser)
+        weights = self.aligner.weights(gram) if torch.isfinite(gram).all() else None
+        if weights is None or not torch.isfinite(weights).all():
+            return self._skip(losses)
+        whole = gram.sum(dim=0)
+        norms = whole.diagonal().clamp_min(0).sqrt()
+        inner = float(whole[0, 1])
+        result_norm = math.sqrt(max(float(torch.einsum("gi,gij,gj->", weights, gram, weights)), 0.0))
+        clip_coef = self._clip_coefficient(result_norm)
+        effective = weights * normaliser * clip_coef
+        for group, members in enumerate(self.group_members):
+            combined = combine_([self._grads[ORIG][i] for i in members], [self._grads[AUG][i] for i in members],
+                                float(effective[group, 0]), float(effective[group, 1]))
+            for i, g in zip(members, combined):
+                self.params[i].grad = g
+        self._optimizer_step()
+        denominator = float(norms[0] * norms[1])
+        return StepStats(
+            **losses, skipped=False,
+            cosine=inner / denominator if denominator > 0 else 0.0, inner=inner,
+            norm_orig=float(norms[0]), norm_aug=float(norms[1]), conflict=inner < 0,
+            weight_orig=float(weights[:, 0].mean()), weight_aug=float(weights[:, 1].mean()),
+            result_norm=result_norm * clip_coef, clip_coef=clip_coef, loss_scale=self._scale(),
+        )
+
+    def _apply_concat(self, normaliser: float, losses: dict[str, float]) -> StepStats:
+        grads = [g for g in self._grads[ORIG] if g is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double())) * normaliser
+        if not math.isfinite(norm):
+            return self._skip(losses)
+        clip_coef = self._clip_coefficient(norm)
+        torch._foreach_mul_(grads, normaliser * clip_coef)
+        for p, g in zip(self.params, self._grads[ORIG]):
+            p.grad = g
+        self._optimizer_step()
+        return StepStats(**losses, skipped=False, result_norm=norm * clip_coef, clip_coef=clip_coef,
+                         loss_scale=self._scale())
+
+    def _clip_coefficient(self, norm: float) -> float:
+        if self.max_grad_norm is None:
+            return 1.0
+        return min(1.0, self.max_grad_norm / (norm + 1e-6))
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+
+    def _skip(self, losses: dict[str, float]) -> StepStats:
+        """A non-finite gradient (or weight) never reaches the parameters."""
+        return StepStats(**losses, skipped=True, loss_scale=self._scale())
+
+    def _scale(self) -> float | None:
+        return self.loss_scaler.scale if self.loss_scaler is not None else None
+
+    def _reset_accumulation(self) -> None:
+        self._grads: list[list[Tensor | None]] = [[None] * len(self.params) for _ in (ORIG, AUG)]
+        # num_o, den_o, num_a, den_a, kept on the device so micro-batches do not synchronise
+        self._totals = torch.zeros(4, dtype=torch.float64, device=self.params[0].device)
+        self._micro_batches = 0
+
+
+def _logits_of(output: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Models return logits, or ``(embedding, logits)``."""
+    return output[-1] if isinstance(output, (tuple, list)) else output
+
+
+def _group_members(names: list[str], grouping: str) -> list[list[int]]:
+    """Tensor indices per parameter group: the whole model, or one group per owning module."""
+    if grouping == "model":
+        return [list(range(len(names)))]
+    modules: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        modules.setdefault(name.rpartition(".")[0], []).append(i)
+    return list(modules.values())
