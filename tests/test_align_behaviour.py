@@ -162,3 +162,9 @@ def test_torchjd_methods_equal_torchjd_on_the_full_jacobian(name, aggregator):
         expected = aggregator()(torch.stack([g_o, g_a]))
         result = make_aligner(name).align([g_o, g_a])
         torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-7 * float(expected.norm()))
+
+
+def test_every_aligner_has_a_summary_for_the_command_line():
+    from dpda.align import SUMMARIES
+
+    assert set(SUMMARIES) == set(ALIGNERS)

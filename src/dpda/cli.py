@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from dpda import __version__
+from dpda.align import SUMMARIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"dpda {__version__}")
-    parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    aligners = commands.add_parser("aligners", help="list the gradient aligners and their options")
+    aligners.set_defaults(handler=_list_aligners)
     return parser
 
 
@@ -27,4 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return args.handler(args)
+
+
+def _list_aligners(_: argparse.Namespace) -> int:
+    for name, summary in SUMMARIES.items():
+        print(f"{name:12s} {summary}")
+    print("\nEvery aligner takes grouping='model' (one Gram matrix) or 'layer' (one per module).")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dpda.align.base import Aligner, MeanAligner, SumAligner
@@ -11,13 +12,31 @@ from dpda.align.gram import combine_, gram_from_products, gram_matrix, pairwise_
 from dpda.align.pcgrad import PCGrad
 from dpda.align.weighting import TORCHJD_ALIGNERS
 
-ALIGNERS: dict[str, Any] = {
+ALIGNERS: dict[str, Callable[..., Aligner]] = {
     "mean": MeanAligner,
     "sum": SumAligner,
     "pcgrad": PCGrad,
     "gradvac": GradVac,
     "cagrad": CAGrad,
     **TORCHJD_ALIGNERS,
+}
+
+
+#: One line per aligner for ``dpda aligners``: what it does and its options with defaults.
+SUMMARIES: dict[str, str] = {
+    "mean": "plain DPDA, the average of the two path gradients (paper baseline)",
+    "sum": "the sum of the two path gradients",
+    "pcgrad": "PCGrad, projection of conflicting gradients, mean reduction (paper)",
+    "gradvac": "GradVac, EMA cosine target (paper); beta=0.5",
+    "cagrad": "CAGrad, conflict-averse direction, exact solution (paper); c=0.5",
+    "mgda": "MGDA, min-norm point of the convex hull (torchjd); epsilon=0.001, max_iters=100",
+    "upgrad": "UPGrad, projection onto the dual cone (torchjd); pref_vector=None",
+    "dualproj": "DualProj, dual-cone projection of the mean (torchjd); pref_vector=None",
+    "imtl_g": "IMTL-G, equal projections onto the result (torchjd)",
+    "aligned_mtl": "Aligned-MTL, condition-number alignment (torchjd); scale_mode='min'",
+    "fairgrad": "FairGrad, alpha-fair utility (torchjd); alpha=1.0, max_iters=None",
+    "config": "ConFIG, conflict-free equal-angle direction (torchjd)",
+    "nash_mtl": "Nash-MTL, bargaining solution (torchjd, needs cvxpy and ecos); max_norm=0.0, optim_niter=20",
 }
 
 
@@ -41,6 +60,7 @@ __all__ = [
     "GradVac",
     "MeanAligner",
     "PCGrad",
+    "SUMMARIES",
     "SumAligner",
     "combine_",
     "gram_from_products",
