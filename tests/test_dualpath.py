@@ -187,6 +187,19 @@ def test_non_finite_gradient_skips_the_step():
     assert not stats.skipped and engine.skipped_steps == 1 and engine.steps == 2
 
 
+@pytest.mark.parametrize("mode", ["joint", "concat"])
+def test_undefined_loss_skips_the_step(mode):
+    """Class weight 0 for the only class in the batch: the weighted mean loss is 0/0."""
+    model = TinyDetector()
+    before = copy.deepcopy(model)
+    x, x_aug, _ = batch()
+    engine = DualPathStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "pcgrad", mode=mode,
+                          loss=WeightedCrossEntropy([1.0, 0.0]))
+    stats = engine(x, x_aug, torch.ones(len(x), dtype=torch.long))
+    assert stats.skipped and math.isnan(stats.loss_orig)
+    assert_same_parameters(model, before, atol=0)
+
+
 def test_bf16_autocast_step_is_close_to_fp32():
     models = [TinyDetector() for _ in range(2)]
     x, x_aug, labels = batch()
@@ -239,6 +252,8 @@ def test_bad_input_is_a_clear_error():
         engine.accumulate(x, x_aug[:, :-1], labels)
     with pytest.raises(ValueError, match="labels"):
         engine.accumulate(x, x_aug, labels[:-1])
+    with pytest.raises(ValueError, match="integer"):
+        engine.accumulate(x, x_aug, labels.float())
     with pytest.raises(RuntimeError, match="before accumulate"):
         engine.step()
     with pytest.raises(ValueError, match="valid modes"):

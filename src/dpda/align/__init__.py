@@ -8,7 +8,7 @@ from typing import Any
 from dpda.align.base import Aligner, MeanAligner, SumAligner
 from dpda.align.cagrad import CAGrad
 from dpda.align.gradvac import GradVac
-from dpda.align.gram import combine_, gram_from_products, gram_matrix, pairwise_products
+from dpda.align.gram import combine_, gram_from_products, pairwise_products
 from dpda.align.pcgrad import PCGrad
 from dpda.align.weighting import TORCHJD_ALIGNERS
 
@@ -64,7 +64,6 @@ __all__ = [
     "SumAligner",
     "combine_",
     "gram_from_products",
-    "gram_matrix",
     "make_aligner",
     "pairwise_products",
 ]

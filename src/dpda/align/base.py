@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dpda.align.gram import combine_, gram_matrix
+from dpda.align.gram import combine_, gram_from_products, pairwise_products
 
 Grouping = Literal["model", "layer"]
 
@@ -52,7 +52,7 @@ class Aligner(ABC):
         if len(grads) != 2:
             raise ValueError(f"align expects two gradients [g_orig, g_aug], got {len(grads)}")
         g_orig, g_aug = grads
-        gram = gram_matrix([g_orig], [g_aug]).unsqueeze(0)
+        gram = gram_from_products(pairwise_products([g_orig], [g_aug]))
         w_orig, w_aug = self.weights(gram)[0].tolist()
         (combined,) = combine_([g_orig.clone()], [g_aug], w_orig, w_aug)
         assert combined is not None

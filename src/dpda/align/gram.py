@@ -69,11 +69,6 @@ def gram_from_products(products: Tensor, groups: Tensor | None = None) -> Tensor
     return torch.stack((torch.stack((oo, oa), dim=1), torch.stack((oa, aa), dim=1)), dim=1)
 
 
-def gram_matrix(grads_orig: Sequence[Tensor | None], grads_aug: Sequence[Tensor | None]) -> Tensor:
-    """The whole-model Gram matrix of two gradient sets, ``(2, 2)`` float64."""
-    return gram_from_products(pairwise_products(grads_orig, grads_aug))[0]
-
-
 def combine_(grads_orig: list[Tensor | None], grads_aug: Sequence[Tensor | None],
              weight_orig: float, weight_aug: float) -> list[Tensor | None]:
     """``w_o * g_o + w_a * g_a`` written into the original-path tensors (in place).

@@ -130,6 +130,8 @@ class DualPathStep:
                 f"x_orig and x_aug must have the same shape, got {tuple(x_orig.shape)} "
                 f"and {tuple(x_aug.shape)}"
             )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be class indices (an integer tensor), got {labels.dtype}")
         if labels.shape != x_orig.shape[:1]:
             raise ValueError(
                 f"labels must have shape ({x_orig.shape[0]},) to match the batch, got {tuple(labels.shape)}"
@@ -161,11 +163,13 @@ class DualPathStep:
             self._synchronise()
         num_o, den_o, num_a, den_a = self._totals.tolist()
         scale = self.loss_scaler.scale if self.loss_scaler else 1.0
-        losses = {"loss_orig": num_o / den_o, "loss_aug": num_a / den_a}
+        # a zero denominator (e.g. class weight 0 for the only class present) makes the loss
+        # undefined: its normaliser is inf, so the step is skipped as non-finite
+        losses = {"loss_orig": _ratio(num_o, den_o), "loss_aug": _ratio(num_a, den_a)}
         if self.mode == "concat":
-            stats = self._apply_concat(1.0 / (scale * (den_o + den_a)), losses)
+            stats = self._apply_concat(_ratio(1.0, scale * (den_o + den_a)), losses)
         else:
-            stats = self._apply_aligned(torch.tensor([1.0 / (scale * den_o), 1.0 / (scale * den_a)],
+            stats = self._apply_aligned(torch.tensor([_ratio(1.0, scale * den_o), _ratio(1.0, scale * den_a)],
                                                      dtype=torch.float64), losses)
         if self.loss_scaler is not None:
             self.loss_scaler.update(stats.skipped)
@@ -262,7 +266,8 @@ class DualPathStep:
 
     def _apply_concat(self, normaliser: float, losses: dict[str, float]) -> StepStats:
         grads = [g for g in self._grads[ORIG] if g is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double())) * normaliser
+        norms = torch._foreach_norm(grads) if grads else [torch.zeros(())]
+        norm = float(torch.linalg.vector_norm(torch.stack(norms).double())) * normaliser
         if not math.isfinite(norm):
             return self._skip(losses)
         clip_coef = self._clip_coefficient(norm)
@@ -295,6 +300,12 @@ class DualPathStep:
         # num_o, den_o, num_a, den_a, kept on the device so micro-batches do not synchronise
         self._totals = torch.zeros(4, dtype=torch.float64, device=self.params[0].device)
         self._micro_batches = 0
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    if denominator == 0:
+        return math.nan if numerator == 0 else math.copysign(math.inf, numerator)
+    return numerator / denominator
 
 
 def _logits_of(output: Tensor | tuple[Tensor, ...]) -> Tensor:
