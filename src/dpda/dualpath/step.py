@@ -70,6 +70,17 @@ class DualPathStep:
     Under torch.distributed (do not wrap the model in DDP) both gradient sets are summed over
     ranks before alignment, so every rank computes the same update; parameters are broadcast
     from rank 0 at construction.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from dpda.dualpath import DualPathStep
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(160, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> engine = DualPathStep(model, torch.optim.Adam(model.parameters(), lr=1e-3), "pcgrad")
+    >>> x = torch.randn(4, 160)
+    >>> stats = engine(x, x + 0.1 * torch.randn(4, 160), torch.tensor([1, 0, 0, 1]))
+    >>> stats.skipped, isinstance(stats.cosine, float), engine.steps
+    (False, True, 1)
     """
 
     def __init__(
