@@ -27,3 +27,33 @@ def test_aligners_lists_every_method():
 def test_unknown_command_is_an_error():
     completed = run("trian")
     assert completed.returncode == 2 and "invalid choice" in completed.stderr
+
+
+def test_validate_reports_counts_and_broken_files(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "flac").mkdir()
+    lines = []
+    for i, (label, attack) in enumerate([("bonafide", "-"), ("spoof", "A01"), ("spoof", "A02")]):
+        sf.write(tmp_path / "flac" / f"LA_T_{i}.flac", np.full(1600, 0.1, dtype=np.float32), 16000)
+        lines.append(f"LA_0001 LA_T_{i} - {attack} {label}")
+    protocol = tmp_path / "protocol.txt"
+    protocol.write_text("\n".join(lines) + "\n")
+    completed = run("validate", "asvspoof2019", str(protocol))
+    assert completed.returncode == 0, completed.stderr
+    assert "3 trials, 1 bona fide, 2 spoof, 2 attack(s): A01 A02" in completed.stdout
+    assert "all 3 files decode" in completed.stdout
+    (tmp_path / "flac" / "LA_T_2.flac").write_bytes(b"")
+    completed = run("validate", "asvspoof2019", str(protocol), "--root", str(tmp_path))
+    assert completed.returncode == 1 and "LA_T_2.flac: empty file" in completed.stderr
+    protocol.write_text("LA_0001 LA_T_0 - - real\n")
+    completed = run("validate", "asvspoof2019", str(protocol))
+    assert completed.returncode == 2 and "protocol.txt:1" in completed.stderr and "unknown label" in completed.stderr
+
+
+def test_protocol_kinds_of_the_parser_match_the_library():
+    from dpda import cli
+    from dpda.data import PROTOCOL_KINDS
+
+    assert cli.PROTOCOL_KINDS == PROTOCOL_KINDS

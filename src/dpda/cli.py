@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
+from collections import Counter
+from pathlib import Path
+
 from dpda import __version__
-from dpda.align import SUMMARIES
+
+# The heavy libraries (torch, torchjd) are imported by the commands that need them, so that
+# `dpda --version` and `dpda --help` answer at once.
+PROTOCOL_KINDS = ("asvspoof2019", "asvspoof2021", "asvspoof5", "in_the_wild", "for", "csv", "folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     aligners = commands.add_parser("aligners", help="list the gradient aligners and their options")
     aligners.set_defaults(handler=_list_aligners)
+    check = commands.add_parser(
+        "validate", help="read a protocol and check that every audio file exists and decodes",
+        description="Read a protocol, then check every audio file it names (in parallel); all "
+                    "problems are listed together. Exit status 1 when any file fails.")
+    check.add_argument("kind", choices=PROTOCOL_KINDS, help="protocol format")
+    check.add_argument("protocol", type=Path, help="protocol file (or folder, for 'for' and 'folder')")
+    check.add_argument("--root", type=Path, help="dataset root the audio paths are relative to "
+                                                 "(default: the protocol's folder)")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a reader option, e.g. path_template=flac/{utt_id}.flac or, for csv, "
+                            "label_column=is_fake; values of *_values options are comma-separated")
+    check.add_argument("--header-only", action="store_true", help="read headers only, not every sample")
+    check.add_argument("--workers", type=int, default=None, help="parallel readers")
+    check.set_defaults(handler=_validate)
     return parser
 
 
@@ -33,7 +54,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.handler(args)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from dpda.data import AudioValidationError, ProtocolError, read_protocol, validate
+
+    options = dict(_parse_option(text) for text in args.option)
+    try:
+        records = read_protocol(args.kind, args.protocol, **options)
+    except (ProtocolError, ValueError, TypeError) as error:
+        print(f"dpda validate: {error}", file=sys.stderr)
+        return 2
+    root = args.root or (args.protocol if args.protocol.is_dir() else args.protocol.parent)
+    labels = Counter(r.label for r in records)
+    attacks = sorted({r.attack for r in records if r.attack})
+    print(f"{args.protocol}: {len(records)} trials, {labels[1]} bona fide, {labels[0]} spoof, "
+          f"{len(attacks)} attack(s){': ' + ' '.join(attacks) if attacks else ''}")
+    try:
+        report = validate(records, root, decode=not args.header_only, workers=args.workers)
+    except AudioValidationError as error:
+        print(f"dpda validate: {error}", file=sys.stderr)
+        return 1
+    print(f"all {len(records)} files decode: {report.total_seconds / 3600:.2f} h of audio, "
+          f"{len(report.silent)} all-silent")
+    return 0
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise SystemExit(f"dpda validate: --option expects KEY=VALUE, got {text!r}")
+    return key, tuple(v for v in value.split(",") if v) if key.endswith("_values") else value
+
+
 def _list_aligners(_: argparse.Namespace) -> int:
+    from dpda.align import SUMMARIES
+
     for name, summary in SUMMARIES.items():
         print(f"{name:12s} {summary}")
     print("\nEvery aligner takes grouping='model' (one Gram matrix) or 'layer' (one per module).")
