@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dpda.augment.base import Augmentation, Augmented, check_batch
+from dpda.augment.ops import working_dtype
 
 #: The algorithms, numbered as in the paper and its code.
 ALGORITHMS: dict[int, str] = {
@@ -182,7 +183,7 @@ class RawBoost(Augmentation):
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
-        work = x.to(torch.promote_types(x.dtype, torch.float32))  # FFTs and designs need >= fp32
+        work = x.to(working_dtype(x))  # FFTs and filter designs need at least float32
         params = {name: work.new_full((len(x), *shape), math.nan) for name, shape in self.param_shapes().items()}
         stages = {"lnl": self._lnl, "isd": self._isd, "ssi": self._ssi}
         if self.algo == 8:
