@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpda.models.options import checked_options
+
 #: clovaai's ``config/AASIST.conf`` ``model_config`` (the published AASIST.pth, 297,866 parameters).
 AASIST_CONFIG: dict[str, Any] = {
     "nb_samp": 64600,
@@ -418,11 +420,7 @@ class AASIST(GraphBackEnd):
         architecture = keys.pop("architecture", "AASIST")
         if architecture != "AASIST":
             raise ValueError(f"model_config names architecture {architecture!r}, not 'AASIST'")
-        valid = ("nb_samp", "first_conv", "filts", "gat_dims", "pool_ratios", "temperatures")
-        unknown = sorted(set(keys) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown AASIST config key(s) {unknown}; valid keys: {', '.join(valid)}")
-        return cls(**keys)
+        return cls(**checked_options(cls, keys, "AASIST config"))
 
     @property
     def min_samples(self) -> int:

@@ -22,8 +22,6 @@ the logits are ``(0, s)``, on which softmax cross-entropy equals that loss and `
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 import re
 from collections.abc import Mapping
@@ -31,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from dpda.models.options import checked_options
 
 #: The baseline's floor inside the logarithms: silence gives log10(eps), not -inf.
 LOG_FLOOR = torch.finfo(torch.float32).eps
@@ -145,7 +145,7 @@ class LFCCLCNN(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LFCCLCNN:
         """Build from a mapping of constructor keywords; unknown keys are errors."""
-        return cls(**_checked_options(cls, config))
+        return cls(**checked_options(cls, config, cls.__name__))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 2 or x.shape[1] < self.min_samples:
@@ -206,14 +206,3 @@ def _delta(x: Tensor) -> Tensor:
     """``x[t + 1] - x[t - 1]`` along frames (dim 1), repeating the first and last frames."""
     padded = torch.cat([x[:, :1], x, x[:, -1:]], dim=1)
     return padded[:, 2:] - padded[:, :-2]
-
-
-def _checked_options(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as keyword arguments of ``cls``, with a suggestion for a misspelt key."""
-    allowed = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-    for key in config:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{cls.__name__}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
-    return dict(config)

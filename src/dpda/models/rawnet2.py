@@ -27,8 +27,6 @@ with ``log_softmax(out)[:, 1]``); ``logits`` are the scores before that log-soft
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 import re
 from collections.abc import Mapping
@@ -37,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dpda.models.options import checked_options
 
 
 class SincFilterbank(nn.Module):
@@ -141,7 +141,7 @@ class RawNet2(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RawNet2:
         """Build from a mapping of constructor keywords; unknown keys are errors."""
-        return cls(**_checked_options(cls, config))
+        return cls(**checked_options(cls, config, cls.__name__))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 2 or x.shape[1] < self.min_samples:
@@ -169,14 +169,3 @@ class RawNet2(nn.Module):
                 continue
             renamed[key] = value
         self.load_state_dict(renamed)
-
-
-def _checked_options(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as keyword arguments of ``cls``, with a suggestion for a misspelt key."""
-    allowed = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-    for key in config:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{cls.__name__}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
-    return dict(config)
