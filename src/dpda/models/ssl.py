@@ -1,0 +1,239 @@
+"""The self-supervised speech front-end: wav2vec 2.0 / XLS-R (300M, 1B, 2B), WavLM or HuBERT as a
+Hugging Face ``transformers`` model; waveform (B, T) at 16 kHz in, frames (B, frames, hidden) out.
+
+The defaults reproduce how the paper code (SSL_Anti-spoofing, fine-tuning fairseq's XLS-R 300M)
+uses the model:
+
+- ``normalize=False``: the waveform goes in as read, as the paper feeds it to fairseq's model.
+  ``normalize=True`` applies transformers' ``Wav2Vec2FeatureExtractor`` normalisation
+  (``do_normalize``: per utterance zero mean, unit variance, eps 1e-7), as transformers' XLS-R
+  preprocessor configs ask for; a folder written by ``fairseq_convert`` records the checkpoint's
+  own ``task.normalize`` in its ``preprocessor_config.json``. Consider it for a frozen model.
+- no masking and no LayerDrop (``FINE_TUNE_DEFAULTS``): the paper calls fairseq's model with
+  ``mask=False``, so transformers' SpecAugment-style masking (``mask_time_prob``,
+  ``mask_feature_prob``) is off, and every layer runs in every step (``layerdrop=0``), which also
+  keeps both dual-path passes on the same depth. Dropout rates stay as the checkpoint's config
+  has them (fairseq's defaults: 0.1 on hidden states and attention weights). ``config_overrides``
+  changes any of these.
+
+A frozen front-end (``freeze=True``) gets no gradients and stays in eval mode whatever
+``train()`` says, so its features are deterministic; it runs under ``torch.no_grad``. The
+learned layer weights of ``layer="weighted"`` are trained in either case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+Layer = Literal["last", "weighted"] | int
+
+#: Config values applied before the model is built (see the module docstring for why).
+FINE_TUNE_DEFAULTS: dict[str, Any] = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
+
+#: The supported ``model_type`` values of a transformers config and their model classes.
+MODEL_TYPES = ("wav2vec2", "wavlm", "hubert")
+
+#: Sizes of the tiny random models the tests use: fast on a CPU, every code path of a big one.
+#: The feature encoder hops 320 samples (20 ms) like the real ones, so that back-ends see the
+#: real frame counts (199 for 4 s) and attention stays cheap.
+TINY_SIZES: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": (32, 32, 32),
+    "conv_kernel": (10, 8, 8),
+    "conv_stride": (5, 8, 8),
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+}
+
+#: Wav2vec 2.0's tiny model is XLS-R-like: layer-norm feature encoder, pre-norm transformer.
+_XLSR_LAYOUT: dict[str, Any] = {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True}
+
+#: transformers' ``Wav2Vec2FeatureExtractor`` adds this to the variance when it normalises.
+_NORMALIZE_EPS = 1e-7
+
+
+def _model_class(model_type: str) -> type[PreTrainedModel]:
+    """The bare encoder class for a config's ``model_type`` (imported late: transformers is slow
+    to import and only this front-end needs it)."""
+    from transformers import HubertModel, Wav2Vec2Model, WavLMModel
+
+    classes = {"wav2vec2": Wav2Vec2Model, "wavlm": WavLMModel, "hubert": HubertModel}
+    if model_type not in classes:
+        raise ValueError(f"unsupported SSL model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}")
+    return classes[model_type]
+
+
+def tiny_config(kind: str = "wav2vec2", **overrides: Any) -> PretrainedConfig:
+    """A tiny random-init configuration of ``kind`` ("wav2vec2", "wavlm", "hubert") for tests."""
+    from transformers import AutoConfig
+
+    _model_class(kind)
+    values = {**TINY_SIZES, **(_XLSR_LAYOUT if kind == "wav2vec2" else {}), **overrides}
+    return AutoConfig.for_model(kind, **values)
+
+
+def _apply_overrides(config: PretrainedConfig, overrides: Mapping[str, Any]) -> None:
+    """Set config values, refusing names the config does not have (a typo would pass silently)."""
+    unknown = sorted(name for name in overrides if not hasattr(config, name))
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no option(s) {', '.join(unknown)}")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+
+
+def _is_hub_id(source: str) -> bool:
+    """``org/name`` or ``name``: anything else that is not an existing folder is a missing path."""
+    return source.count("/") <= 1 and not source.startswith((".", "/", "~", "\\")) and "\\" not in source
+
+
+def _load(
+    source: str | os.PathLike[str] | PretrainedConfig | Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    revision: str | None,
+    local_files_only: bool,
+) -> PreTrainedModel:
+    """Build the transformers model: pretrained from a folder or hub id, random from a config."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(source, (PretrainedConfig, Mapping)):
+        if isinstance(source, Mapping):
+            values = dict(source)
+            if "model_type" not in values:
+                raise ValueError("a config dict needs a 'model_type' (one of " + ", ".join(MODEL_TYPES) + ")")
+            config = AutoConfig.for_model(values.pop("model_type"), **values)
+        else:
+            config = copy.deepcopy(source)
+        model_class = _model_class(config.model_type)
+        _apply_overrides(config, overrides)
+        return model_class(config)
+
+    location = str(source)
+    if not Path(location).expanduser().is_dir() and (isinstance(source, os.PathLike) or not _is_hub_id(location)):
+        raise FileNotFoundError(f"SSL model folder not found: {location}")
+    hub = {"revision": revision, "local_files_only": local_files_only}
+    config = AutoConfig.from_pretrained(location, **hub)
+    model_class = _model_class(config.model_type)
+    _apply_overrides(config, overrides)
+    model, info = model_class.from_pretrained(
+        location, config=config, dtype=torch.float32, output_loading_info=True, **hub
+    )
+    if info["missing_keys"]:
+        # A missing weight would silently stay randomly initialised.
+        raise ValueError(f"{location} lacks weights for: {', '.join(sorted(info['missing_keys']))}")
+    return model
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass (transformers 5 renamed the call);
+    non-reentrant checkpointing replays dropout's random numbers, so gradients are unchanged."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+class SSLFrontEnd(nn.Module):
+    """SSL encoder features for a back-end: ``forward(x: (B, T) float32 16 kHz) -> (B, frames,
+    output_dim)``.
+
+    ``source``: a ``save_pretrained`` folder (e.g. one written by
+    ``dpda.models.fairseq_convert.convert_fairseq_checkpoint``), a hub id such as
+    ``"facebook/wav2vec2-xls-r-300m"`` (downloaded unless cached; ``local_files_only=True`` never
+    goes online), or a transformers config / dict with ``model_type`` for a random model.
+
+    ``layer`` picks the hidden state, numbered 0 (the input of the first transformer layer:
+    projected CNN features plus the convolutional position embedding) to L (the model's output):
+    ``"last"`` is L, which for pre-norm models (XLS-R) includes the encoder's final LayerNorm,
+    like fairseq's ``features_only`` output; an int i (negative counts from L) is the output of
+    transformer layer i, the un-normalised residual stream for i < L; ``"weighted"`` is a learned
+    softmax-weighted sum of all L + 1, weights initialised uniform. Layers above an int i still
+    run (and get no gradient).
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | PretrainedConfig | Mapping[str, Any],
+        *,
+        layer: Layer = "last",
+        freeze: bool = False,
+        normalize: bool = False,
+        gradient_checkpointing: bool = False,
+        config_overrides: Mapping[str, Any] | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        super().__init__()
+        overrides = {**FINE_TUNE_DEFAULTS, **(config_overrides or {})}
+        self.model = _load(source, overrides, revision, local_files_only)
+        self.num_layers: int = self.model.config.num_hidden_layers
+        self.output_dim: int = self.model.config.hidden_size
+        self.layer = self._check_layer(layer)
+        self.freeze = freeze
+        self.normalize = normalize
+        self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if layer == "weighted" else None
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+        if gradient_checkpointing:
+            _enable_checkpointing(self.model)
+
+    @classmethod
+    def tiny(
+        cls, kind: str = "wav2vec2", *, config_overrides: Mapping[str, Any] | None = None, **options: Any
+    ) -> SSLFrontEnd:
+        """A tiny random front-end of ``kind`` for tests (sizes in ``TINY_SIZES``)."""
+        return cls(tiny_config(kind), config_overrides=config_overrides, **options)
+
+    def _check_layer(self, layer: Layer) -> Layer:
+        if layer in ("last", "weighted"):
+            return layer
+        if isinstance(layer, int) and not isinstance(layer, bool) and -self.num_layers - 1 <= layer <= self.num_layers:
+            return layer % (self.num_layers + 1)
+        raise ValueError(f"layer must be 'last', 'weighted' or an int in [-{self.num_layers + 1}, {self.num_layers}]")
+
+    def train(self, mode: bool = True) -> SSLFrontEnd:
+        """As ``nn.Module.train``, but a frozen SSL model stays in eval mode (no dropout)."""
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError(f"expected a (batch, samples) waveform, got shape {tuple(x.shape)}")
+        if self.normalize:
+            mean = x.mean(dim=1, keepdim=True)
+            var = x.var(dim=1, keepdim=True, unbiased=False)
+            x = (x - mean) / torch.sqrt(var + _NORMALIZE_EPS)
+        with torch.no_grad() if self.freeze else contextlib.nullcontext():
+            hidden = self._hidden_states(x)
+        if self.layer_weights is None:
+            return hidden
+        weights = torch.softmax(self.layer_weights, dim=0).to(hidden.dtype)
+        return torch.einsum("l,lbtc->btc", weights, hidden)
+
+    def _hidden_states(self, x: Tensor) -> Tensor:
+        """The selected hidden state (B, frames, hidden), or all L + 1 stacked for "weighted"."""
+        want_all = self.layer == "weighted" or (self.layer != "last" and self.layer < self.num_layers)
+        out = self.model(x, output_hidden_states=want_all)
+        if not want_all:
+            return out.last_hidden_state
+        # transformers 5 records the last layer's output before a pre-norm model's final
+        # LayerNorm, 4.x after it; the model output is the same in both.
+        states = (*out.hidden_states[:-1], out.last_hidden_state)
+        return torch.stack(states) if self.layer == "weighted" else states[self.layer]

@@ -1,0 +1,139 @@
+"""The SSL front-end on tiny random transformers models: shapes, layer selection, freezing,
+gradient checkpointing, fine-tuning defaults and offline loading from a folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Wav2Vec2Model
+
+from dpda.models.ssl import TINY_SIZES, SSLFrontEnd, tiny_config
+
+SAMPLES = 16000  # 1 s: 49 frames of 20 ms
+FRAMES = 49
+HIDDEN = TINY_SIZES["hidden_size"]
+LAYERS = TINY_SIZES["num_hidden_layers"]
+
+
+def wave(batch: int = 2, samples: int = SAMPLES, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, samples, generator=torch.Generator().manual_seed(seed))
+
+
+def all_states(front_end: SSLFrontEnd, x: torch.Tensor) -> list[torch.Tensor]:
+    """The L + 1 hidden states straight from the transformers model."""
+    out = front_end.model(x, output_hidden_states=True)
+    return [*out.hidden_states[:-1], out.last_hidden_state]
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "wavlm", "hubert"])
+@pytest.mark.parametrize("layer", ["last", 0, 1, -1, "weighted"])
+def test_shapes_and_backward(kind, layer):
+    front_end = SSLFrontEnd.tiny(kind, layer=layer)
+    y = front_end(wave())
+    assert y.shape == (2, FRAMES, HIDDEN) and front_end.output_dim == HIDDEN
+    y.square().mean().backward()
+    assert front_end.model.feature_extractor.conv_layers[0].conv.weight.grad is not None
+
+
+def test_layer_selection_matches_the_model_hidden_states():
+    torch.manual_seed(0)
+    x = wave()
+    front_end = SSLFrontEnd.tiny(layer="last").eval()
+    states = all_states(front_end, x)
+    with torch.no_grad():
+        torch.testing.assert_close(front_end(x), states[LAYERS])
+        for layer in range(-LAYERS - 1, LAYERS + 1):
+            front_end.layer = front_end._check_layer(layer)
+            torch.testing.assert_close(front_end(x), states[layer])
+    weighted = SSLFrontEnd(front_end.model.config, layer="weighted").eval()
+    weighted.model.load_state_dict(front_end.model.state_dict())
+    with torch.no_grad():  # uniform weights at the start: the mean of the L + 1 states
+        torch.testing.assert_close(weighted(x), torch.stack(states).mean(0))
+
+
+@pytest.mark.parametrize("layer", ["first", LAYERS + 1, -LAYERS - 2, True])
+def test_invalid_layer(layer):
+    with pytest.raises(ValueError, match="layer must be"):
+        SSLFrontEnd.tiny(layer=layer)
+
+
+def test_input_must_be_a_batch_of_waveforms():
+    with pytest.raises(ValueError, match=r"\(batch, samples\)"):
+        SSLFrontEnd.tiny()(torch.zeros(SAMPLES))
+
+
+def test_freeze_trains_only_the_layer_weights():
+    front_end = SSLFrontEnd.tiny(layer="weighted", freeze=True).train()
+    assert not front_end.model.training and front_end.training
+    x = wave()
+    y = front_end(x)
+    torch.testing.assert_close(front_end(x), y)  # eval mode kept: no dropout
+    y.square().mean().backward()
+    assert all(p.grad is None and not p.requires_grad for p in front_end.model.parameters())
+    assert front_end.layer_weights.grad is not None and front_end.layer_weights.grad.abs().sum() > 0
+
+
+def test_fine_tuning_defaults_disable_masking_and_layerdrop():
+    front_end = SSLFrontEnd.tiny()
+    config = front_end.model.config
+    assert (config.mask_time_prob, config.mask_feature_prob, config.layerdrop) == (0.0, 0.0, 0.0)
+    assert not hasattr(front_end.model, "masked_spec_embed")
+    masked = SSLFrontEnd.tiny(config_overrides={"mask_time_prob": 0.5, "hidden_dropout": 0.0,
+                                                "attention_dropout": 0.0, "activation_dropout": 0.0,
+                                                "feat_proj_dropout": 0.0})
+    x = wave()
+    torch.manual_seed(0)
+    train_out = masked.train()(x)
+    eval_out = masked.eval()(x)
+    assert not torch.allclose(train_out, eval_out)  # only masking differs between the two modes
+    with pytest.raises(ValueError, match="no option"):
+        SSLFrontEnd.tiny(config_overrides={"mask_time_probability": 0.1})
+
+
+def test_normalize_is_per_utterance_zero_mean_unit_variance():
+    front_end = SSLFrontEnd.tiny(normalize=True).eval()
+    x = wave()
+    with torch.no_grad():
+        torch.testing.assert_close(front_end(3.0 * x + 0.5), front_end(x), atol=1e-4, rtol=1e-4)
+        raw = SSLFrontEnd(front_end.model.config).eval()
+        raw.model.load_state_dict(front_end.model.state_dict())
+        normalized = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-7)
+        torch.testing.assert_close(front_end(x), raw(normalized))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """In train mode with dropout: checkpointing replays the same random numbers."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        front_end = SSLFrontEnd.tiny(layer="weighted", gradient_checkpointing=checkpointing).train()
+        torch.manual_seed(1)
+        front_end(wave()).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in front_end.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_loads_a_save_pretrained_folder_offline(tmp_path):
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(tiny_config("wav2vec2", mask_time_prob=0.05)).eval()
+    model.save_pretrained(tmp_path / "w2v")
+    front_end = SSLFrontEnd(tmp_path / "w2v", local_files_only=True).eval()
+    x = wave()
+    with torch.no_grad():
+        torch.testing.assert_close(front_end(x), model(x).last_hidden_state, atol=1e-5, rtol=0)
+    assert all(p.dtype == torch.float32 for p in front_end.parameters())
+    with pytest.raises(ValueError, match=r"lacks weights for: encoder\.layers\.2\."):
+        SSLFrontEnd(tmp_path / "w2v", config_overrides={"num_hidden_layers": 3})
+    with pytest.raises(FileNotFoundError):
+        SSLFrontEnd(tmp_path / "missing")
+
+
+def test_config_dict_source():
+    front_end = SSLFrontEnd({"model_type": "hubert", **TINY_SIZES}, layer=1)
+    assert type(front_end.model).__name__ == "HubertModel" and front_end.num_layers == LAYERS
+    with pytest.raises(ValueError, match="model_type"):
+        SSLFrontEnd(dict(TINY_SIZES))
+    with pytest.raises(ValueError, match="unsupported SSL model_type"):
+        SSLFrontEnd({"model_type": "bert"})
