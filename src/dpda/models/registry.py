@@ -1,0 +1,76 @@
+"""``build(config)``: a detector from a configuration dict; ``config["name"]`` picks the model.
+
+Models on raw audio take their hyperparameters as the other keys. SSL detectors
+(``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``) take an ``ssl`` dict for the front-end
+(``SSLFrontEnd``'s keywords, with ``source`` a local folder or hub id; or ``{"tiny": "wav2vec2"}``
+for a tiny random front-end in tests) and the back-end's keywords as the other keys; the
+back-end's input width follows the front-end.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dpda.models.options import checked_options
+
+#: The paper's front-end (XLS-R 300M), as a hub id; pass a local folder where offline.
+DEFAULT_SSL_SOURCE = "facebook/wav2vec2-xls-r-300m"
+
+#: name -> "module:class" of the model (raw audio) or of the back-end (SSL detectors).
+RAW_MODELS = {
+    "aasist": "dpda.models.aasist:AASIST",
+    "aasist_l": "dpda.models.aasist:AASIST",
+    "rawnet2": "dpda.models.rawnet2:RawNet2",
+    "lfcc_lcnn": "dpda.models.lcnn:LFCCLCNN",
+}
+SSL_BACKENDS = {
+    "xlsr_aasist": "dpda.models.aasist:XLSRAASISTBackEnd",
+    "xlsr_conformer_tcm": "dpda.models.conformer_tcm:ConformerTCMBackEnd",
+    "xlsr_mamba": "dpda.models.mamba:MambaBackEnd",
+}
+MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS)
+
+
+def build(config: Mapping[str, Any]) -> nn.Module:
+    """The detector ``config["name"]`` with the configuration's other keys as hyperparameters."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if name not in MODEL_NAMES:
+        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model: unknown name {name!r}{hint}; valid names: {', '.join(MODEL_NAMES)}")
+    if name in RAW_MODELS:
+        factory = _load(RAW_MODELS[name])
+        if name == "aasist_l":
+            from dpda.models.aasist import AASIST_L_CONFIG
+            options = {**AASIST_L_CONFIG, **options}
+        return factory(**checked_options(factory, options, f"model {name!r}"))
+    from dpda.models.detector import SSLDetector
+    from dpda.models.ssl import SSLFrontEnd
+
+    ssl_options = dict(options.pop("ssl", {}) or {})
+    tiny = ssl_options.pop("tiny", None)
+    checked = checked_options(SSLFrontEnd, ssl_options, f"model {name!r}: ssl")
+    if tiny is not None:
+        if "source" in checked:
+            raise ValueError(f"model {name!r}: ssl: give either 'tiny' or 'source', not both")
+        frontend = SSLFrontEnd.tiny(tiny, **checked)
+    else:
+        frontend = SSLFrontEnd(**{"source": DEFAULT_SSL_SOURCE, **checked})
+    backend_factory = _load(SSL_BACKENDS[name])
+    options.setdefault("ssl_dim", frontend.output_dim)
+    if options["ssl_dim"] != frontend.output_dim:
+        raise ValueError(f"model {name!r}: ssl_dim {options['ssl_dim']} differs from the front-end's "
+                         f"width {frontend.output_dim}; leave it out")
+    backend = backend_factory(**checked_options(backend_factory, options, f"model {name!r}"))
+    return SSLDetector(frontend, backend)
+
+
+def _load(target: str) -> Any:
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
