@@ -57,3 +57,16 @@ def test_protocol_kinds_of_the_parser_match_the_library():
     from dpda.data import PROTOCOL_KINDS
 
     assert cli.PROTOCOL_KINDS == PROTOCOL_KINDS
+
+
+def test_convert_fairseq_writes_a_folder_and_refuses_to_overwrite(tmp_path):
+    import torch
+    from test_fairseq_convert import XLSR_LIKE, fairseq_names, model_cfg, random_model
+
+    model = random_model(XLSR_LIKE)
+    torch.save({"cfg": {"model": model_cfg(model)}, "model": fairseq_names(model)}, tmp_path / "xlsr.pt")
+    completed = run("convert-fairseq", str(tmp_path / "xlsr.pt"), str(tmp_path / "hf"))
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "hf" / "config.json").is_file()
+    again = run("convert-fairseq", str(tmp_path / "xlsr.pt"), str(tmp_path / "hf"))
+    assert again.returncode == 1 and "hf" in again.stderr

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--header-only", action="store_true", help="read headers only, not every sample")
     check.add_argument("--workers", type=int, default=None, help="parallel readers")
     check.set_defaults(handler=_validate)
+    convert = commands.add_parser(
+        "convert-fairseq", help="convert a fairseq wav2vec 2.0 / XLS-R checkpoint to a transformers folder",
+        description="Convert a fairseq checkpoint (e.g. xlsr2_300m.pt) into a save_pretrained folder "
+                    "for the SSL front-end, without fairseq and without unpickling arbitrary objects.")
+    convert.add_argument("source", type=Path, help="the fairseq .pt file")
+    convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
+    convert.set_defaults(handler=_convert_fairseq)
     return parser
 
 
@@ -75,6 +82,18 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(f"all {len(records)} files decode: {report.total_seconds / 3600:.2f} h of audio, "
           f"{len(report.silent)} all-silent")
+    return 0
+
+
+def _convert_fairseq(args: argparse.Namespace) -> int:
+    from dpda.models.fairseq_convert import convert_fairseq_checkpoint
+
+    try:
+        folder = convert_fairseq_checkpoint(args.source, args.destination)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"dpda convert-fairseq: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {folder}")
     return 0
 
 
