@@ -27,14 +27,12 @@ part loads key by key once its ``ssl_model.`` entries are dropped. The back-end'
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpda.models.options import checked_options
+from dpda.models.projected import ProjectedBackEnd
 
 #: Rows of the stored sinusoidal table; longer inputs get a table computed on the fly.
 POSITION_TABLE_ROWS = 10000
@@ -227,7 +225,7 @@ class TCMConformer(nn.Module):
         return embedding, self.fc5(embedding)
 
 
-class ConformerTCMBackEnd(nn.Module):
+class ConformerTCMBackEnd(ProjectedBackEnd):
     """XLSR-Conformer-TCM back-end.
 
     ``forward(features)`` takes SSL features ``(B, frames, ssl_dim)`` and returns
@@ -241,24 +239,6 @@ class ConformerTCMBackEnd(nn.Module):
         self, *, ssl_dim: int = 1024, emb_size: int = 144, heads: int = 4, kernel_size: int = 31,
         n_encoders: int = 4, ff_mult: int = 4, exp_fac: int = 2, dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.ssl_dim = ssl_dim
-        self.emb_size = emb_size
-        self.LL = nn.Linear(ssl_dim, emb_size)
-        self.first_bn = nn.BatchNorm2d(num_features=1)
-        self.selu = nn.SELU()
-        self.conformer = TCMConformer(emb_size, heads, ff_mult, exp_fac, kernel_size, n_encoders, dropout)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ConformerTCMBackEnd:
-        """Build from a config mapping whose keys are the constructor's keyword arguments."""
-        return cls(**checked_options(cls, config, cls.__name__))
-
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        if features.dim() != 3 or features.shape[2] != self.ssl_dim or features.shape[1] == 0:
-            raise ValueError(
-                f"expected features of shape (batch, frames >= 1, {self.ssl_dim}), got {tuple(features.shape)}"
-            )
-        x = self.first_bn(self.LL(features).unsqueeze(1)).squeeze(1)
-        return self.conformer(self.selu(x))
+        super().__init__(ssl_dim, emb_size,
+                         TCMConformer(emb_size, heads, ff_mult, exp_fac, kernel_size, n_encoders, dropout))
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dpda.models.options import checked_options
+from dpda.models.options import FromConfig
 
 #: The baseline's floor inside the logarithms: silence gives log10(eps), not -inf.
 LOG_FLOOR = torch.finfo(torch.float32).eps
@@ -96,7 +95,7 @@ class MaxFeatureMap(nn.Module):
         return torch.where(first >= second, first, second)  # torch.maximum splits ties in backward: slower
 
 
-class LFCCLCNN(nn.Module):
+class LFCCLCNN(FromConfig, nn.Module):
     """The ASVspoof 2021 LFCC-LCNN baseline: (B, T) 16 kHz audio -> (embedding (B, 96), logits (B, 2)).
 
     ``T`` must be at least :attr:`min_samples` (2400 with the defaults, 0.15 s): the four 2x2 pools
@@ -141,11 +140,6 @@ class LFCCLCNN(nn.Module):
         )
         self.output = nn.Linear(width, 1)
         self.min_samples = 15 * hop_length
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> LFCCLCNN:
-        """Build from a mapping of constructor keywords; unknown keys are errors."""
-        return cls(**checked_options(cls, config, cls.__name__))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 2 or x.shape[1] < self.min_samples:

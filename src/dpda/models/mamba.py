@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpda.models.options import checked_options
+from dpda.models.projected import ProjectedBackEnd
 
 ScanMethod = Literal["auto", "chunked", "sequential"]
 SCAN_METHODS = ("auto", "chunked", "sequential")
@@ -265,7 +265,7 @@ class BiMambaMixer(nn.Module):
         return embedding, self.classifier(self.dropout(embedding))
 
 
-class MambaBackEnd(nn.Module):
+class MambaBackEnd(ProjectedBackEnd):
     """XLSR-Mamba back-end.
 
     ``forward(features)`` takes SSL features ``(B, frames, ssl_dim)`` and returns
@@ -282,26 +282,7 @@ class MambaBackEnd(nn.Module):
         d_conv: int = 4, expand: int = 2, norm_eps: float = 1e-5, dropout: float = 0.1,
         reference_final_add: bool = True, scan: ScanMethod = "auto",
     ) -> None:
-        super().__init__()
-        self.ssl_dim = ssl_dim
-        self.emb_size = emb_size
-        self.LL = nn.Linear(ssl_dim, emb_size)
-        self.first_bn = nn.BatchNorm2d(num_features=1)
-        self.selu = nn.SELU()
-        self.conformer = BiMambaMixer(
+        super().__init__(ssl_dim, emb_size, BiMambaMixer(
             emb_size, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
             dropout=dropout, reference_final_add=reference_final_add, scan=scan,
-        )
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> MambaBackEnd:
-        """Build from a config mapping whose keys are the constructor's keyword arguments."""
-        return cls(**checked_options(cls, config, cls.__name__))
-
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        if features.dim() != 3 or features.shape[2] != self.ssl_dim or features.shape[1] == 0:
-            raise ValueError(
-                f"expected features of shape (batch, frames >= 1, {self.ssl_dim}), got {tuple(features.shape)}"
-            )
-        x = self.first_bn(self.LL(features).unsqueeze(1)).squeeze(1)
-        return self.conformer(self.selu(x))
+        ))

@@ -19,3 +19,11 @@ def checked_options(factory: Callable[..., Any], config: Mapping[str, Any], what
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{what}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
     return dict(config)
+
+
+class FromConfig:
+    """``from_config(config)``: build a model from a configuration dict of its keyword arguments."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Any:
+        return cls(**checked_options(cls, config, cls.__name__))

@@ -30,13 +30,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpda.models.options import checked_options
+from dpda.models.options import FromConfig
 
 
 class SincFilterbank(nn.Module):
@@ -93,7 +92,7 @@ class ResidualBlock(nn.Module):
         return out * scale + scale
 
 
-class RawNet2(nn.Module):
+class RawNet2(FromConfig, nn.Module):
     """The ASVspoof 2021 RawNet2 baseline: (B, T) 16 kHz audio -> (embedding (B, fc_hidden), logits (B, 2)).
 
     ``T`` must be at least :attr:`min_samples` (3211 with the defaults, about 0.2 s): the sinc
@@ -137,11 +136,6 @@ class RawNet2(nn.Module):
         self.fc1_gru = nn.Linear(gru_hidden, fc_hidden)
         self.fc2_gru = nn.Linear(fc_hidden, 2)
         self.min_samples = self.sinc.kernel_size - 1 + 3 ** (len(self.blocks) + 1)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RawNet2:
-        """Build from a mapping of constructor keywords; unknown keys are errors."""
-        return cls(**checked_options(cls, config, cls.__name__))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 2 or x.shape[1] < self.min_samples:
