@@ -61,3 +61,8 @@ def test_configuration_errors_name_the_key():
     with pytest.raises(ValueError, match="not both"):
         build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2", "source": "x"}})
     assert set(MODEL_NAMES) >= {"aasist", "aasist_l", "rawnet2", "lfcc_lcnn", *SMALL_BACKENDS}
+
+
+def test_missing_front_end_folder_says_how_to_make_one(tmp_path):
+    with pytest.raises(OSError, match="convert-fairseq"):
+        build({"name": "xlsr_aasist", "ssl": {"source": str(tmp_path / "no-such-folder"), "local_files_only": True}})

@@ -61,7 +61,15 @@ def build(config: Mapping[str, Any]) -> nn.Module:
             raise ValueError(f"model {name!r}: ssl: give either 'tiny' or 'source', not both")
         frontend = SSLFrontEnd.tiny(tiny, **checked)
     else:
-        frontend = SSLFrontEnd(**{"source": DEFAULT_SSL_SOURCE, **checked})
+        checked = {"source": DEFAULT_SSL_SOURCE, **checked}
+        try:
+            frontend = SSLFrontEnd(**checked)
+        except OSError as error:
+            raise OSError(
+                f"model {name!r}: cannot load the SSL front-end {str(checked['source'])!r} ({error}). Give "
+                "ssl.source as a local save_pretrained folder, e.g. one written by "
+                "`dpda convert-fairseq xlsr2_300m.pt FOLDER`"
+            ) from error
     backend_factory = _load(SSL_BACKENDS[name])
     options.setdefault("ssl_dim", frontend.output_dim)
     if options["ssl_dim"] != frontend.output_dim:
