@@ -1,6 +1,6 @@
 """Time per step and peak memory of the dual-path modes against the ordinary augmented step.
 
-Variants, all on the same 2B utterances (B per path), Adam, an AASIST-L-sized stand-in:
+Variants, all on the same 2B utterances (B per path), Adam, AASIST-L:
   concat         the ordinary data-augmented step: one loss over 2B, one backward (baseline)
   split          dpda, a forward and a backward per path, PCGrad
   joint          dpda, one forward over [orig; aug], two backward passes, PCGrad (paper-exact)
@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import run_worker, time_and_memory  # noqa: E402
-from standin import AASISTLStandIn, trainable_parameters  # noqa: E402
 
 from dpda.align import combine_, gram_from_products, make_aligner, pairwise_products  # noqa: E402
 from dpda.dualpath import DualPathStep  # noqa: E402
+from dpda.models import build  # noqa: E402
 
 VARIANTS = ["concat", "split", "joint", "joint_batched", "paper"]
 CLASS_WEIGHTS = (0.1, 0.9)
@@ -48,7 +48,7 @@ def make_step(variant: str, model: torch.nn.Module, optimizer: torch.optim.Optim
 
     def path_losses(x, x_aug, y):
         with autocast:
-            logits = model(torch.cat([x, x_aug])).float()
+            logits = model(torch.cat([x, x_aug]))[1].float()
         return (F.cross_entropy(logits[: len(y)], y, weight=weight),
                 F.cross_entropy(logits[len(y):], y, weight=weight))
 
@@ -106,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = AASISTLStandIn().to(device)
+    model = build({"name": "aasist_l"}).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6, weight_decay=1e-4)
     x = 0.1 * torch.randn(args.per_path, int(args.seconds * 16000), device=device)
     x_aug = x + 0.01 * torch.randn_like(x)
@@ -133,9 +133,10 @@ def main() -> int:
     common = ["--device", args.device, "--precision", args.precision, "--per-path", str(args.per_path),
               "--seconds", str(args.seconds), "--repeats", str(args.repeats), "--threads", str(args.threads)]
     variants = ["concat", *(v for v in args.variants if v != "concat")]
+    trainable = sum(p.numel() for p in build({"name": "aasist_l"}).parameters() if p.requires_grad)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"# {device_name}, {args.precision}, {args.per_path} utterances per path x {args.seconds} s, "
-          f"stand-in with {trainable_parameters(AASISTLStandIn())} trainable parameters, median of {args.repeats}")
+          f"AASIST-L ({trainable} trainable parameters), median of {args.repeats}")
     results = {v: run_worker(__file__, [*common, "--worker", v]) for v in variants}
     base = results["concat"]
     targets = {"split": (1.05, 1.10), "joint": (1.8, None)}
