@@ -185,3 +185,10 @@ def test_xlsr_backend_shapes_and_gradients(ssl_dim):
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(2, 7, ssl_dim))[1].shape == (2, 2)  # 7 frames: 2 time nodes
+
+
+def test_encoder_must_read_one_channel():
+    with pytest.raises(ValueError, match="one input channel"):
+        AASIST(filts=[70, [2, 32], [32, 32], [32, 64], [64, 64]])
+    with pytest.raises(ValueError, match="one input channel"):
+        XLSRAASISTBackEnd(filts=[128, [2, 32], [32, 32], [32, 64], [64, 64]])

@@ -150,6 +150,8 @@ class Residual2DEncoder(nn.Sequential):
         pairs = [tuple(int(c) for c in pair) for pair in widths]
         if len(pairs) != 4 or any(len(pair) != 2 for pair in pairs):
             raise ValueError(f"encoder widths must be four [in, out] pairs, got {widths!r}")
+        if pairs[0][0] != 1:
+            raise ValueError(f"the encoder reads one input channel, so filts[1][0] must be 1, got {list(pairs[0])!r}")
         pairs += [pairs[-1]] * 2
         for previous, current in pairwise(pairs):
             if previous[1] != current[0]:
@@ -160,7 +162,6 @@ class Residual2DEncoder(nn.Sequential):
                 for index, (c_in, c_out) in enumerate(pairs)
             )
         )
-        self.in_channels = pairs[0][0]
         self.out_channels = pairs[-1][1]
 
 
@@ -402,8 +403,6 @@ class AASIST(GraphBackEnd):
         if len(filts) != 5:
             raise ValueError(f"filts must be [n_sinc_filters, 4 x [in, out]], got {filts!r}")
         encoder = Residual2DEncoder(filts[1:], time_pooling=True)
-        if encoder.in_channels != 1:
-            raise ValueError(f"the encoder reads one input channel, so filts[1][0] must be 1, got {filts[1]!r}")
         super().__init__(encoder.out_channels, int(filts[0]) // 3, gat_dims, pool_ratios, temperatures)
         self.nb_samp = nb_samp
         self.conv_time = SincConv(int(filts[0]), first_conv)
@@ -469,8 +468,6 @@ class XLSRAASISTBackEnd(GraphBackEnd):
         if len(filts) != 5:
             raise ValueError(f"filts must be [n_bins, 4 x [in, out]], got {filts!r}")
         encoder = Residual2DEncoder(filts[1:], time_pooling=False)
-        if encoder.in_channels != 1:
-            raise ValueError(f"the encoder reads one input channel, so filts[1][0] must be 1, got {filts[1]!r}")
         channels = encoder.out_channels
         super().__init__(channels, int(filts[0]) // 3, gat_dims, pool_ratios, temperatures)
         self.LL = nn.Linear(ssl_dim, int(filts[0]))
