@@ -72,6 +72,8 @@ def test_policy_errors():
         fit_length(audio, 5, "middle")
     with pytest.raises(ValueError, match="needs a length"):
         fit_length(audio, None, "head")
+    with pytest.raises(ValueError, match="positive"):
+        fit_length(audio, 0, "full")
     with pytest.raises(ValueError, match="random generator"):
         fit_length(audio, 5, "random")
     with pytest.raises(ValueError, match="zero samples"):

@@ -103,6 +103,8 @@ def test_dataset_errors(corpus):
     root, records = corpus
     with pytest.raises(ValueError, match="valid policies"):
         AudioDataset(records, root, crop="middle")
+    with pytest.raises(ValueError, match="needs a length"):
+        AudioDataset(records, root, length=None, crop="random")
     with pytest.raises(ValueError, match="name no audio file"):
         AudioDataset([Utterance("x", None, 1)], root)
     with pytest.raises(ValueError, match="empty"):

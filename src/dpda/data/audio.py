@@ -45,6 +45,16 @@ def repeat_pad(audio: np.ndarray, length: int) -> np.ndarray:
     return np.tile(audio, repeats)[:length]
 
 
+def check_policy(length: int | None, policy: str) -> None:
+    """A known crop policy with a usable length (only ``full`` may go without one)."""
+    if policy not in CROP_POLICIES:
+        raise ValueError(f"unknown crop policy {policy!r}; valid policies: {', '.join(CROP_POLICIES)}")
+    if length is None and policy != "full":
+        raise ValueError(f"crop policy {policy!r} needs a length")
+    if length is not None and length <= 0:
+        raise ValueError(f"length must be positive, got {length}")
+
+
 def fit_length(audio: np.ndarray, length: int | None, policy: CropPolicy,
                rng: np.random.Generator | None = None) -> np.ndarray:
     """Apply a crop/pad policy.
@@ -54,14 +64,9 @@ def fit_length(audio: np.ndarray, length: int | None, policy: CropPolicy,
     - ``full``: the whole utterance, cut to at most ``length`` samples when a maximum is given
       (evaluation), never padded.
     """
-    if policy not in CROP_POLICIES:
-        raise ValueError(f"unknown crop policy {policy!r}; valid policies: {', '.join(CROP_POLICIES)}")
+    check_policy(length, policy)
     if length is None:
-        if policy != "full":
-            raise ValueError(f"crop policy {policy!r} needs a length")
         return audio
-    if length <= 0:
-        raise ValueError(f"length must be positive, got {length}")
     if policy == "full":
         return audio[:length]
     if len(audio) < length:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dpda.data.audio import PAPER_LENGTH, SAMPLE_RATE, CropPolicy, fit_length, load_audio, repeat_pad
+from dpda.data.audio import PAPER_LENGTH, SAMPLE_RATE, CropPolicy, check_policy, fit_length, load_audio, repeat_pad
 from dpda.data.records import Utterance
 
 Batch = tuple[Tensor, Tensor, list[str]]
@@ -28,7 +28,7 @@ class AudioDataset(Dataset):
 
     def __init__(self, records: Sequence[Utterance], root: str | Path, *, length: int | None = PAPER_LENGTH,
                  crop: CropPolicy = "head", sample_rate: int = SAMPLE_RATE, seed: int = 0) -> None:
-        fit_length(np.zeros(1, dtype=np.float32), length, crop, np.random.default_rng(0))  # checks the policy
+        check_policy(length, crop)
         missing = [r.utt_id for r in records if r.path is None]
         if missing:
             raise ValueError(f"{len(missing)} record(s) name no audio file, e.g. {missing[0]!r}")
