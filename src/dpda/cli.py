@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from dpda import __version__
@@ -49,7 +48,56 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", type=Path, help="the fairseq .pt file")
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
     convert.set_defaults(handler=_convert_fairseq)
+    _add_corpus_commands(commands)
     return parser
+
+
+def _add_corpus_commands(commands: argparse._SubParsersAction) -> None:
+    corpus = commands.add_parser(
+        "corpus", help="the built-in speech deepfake corpus (offline: Debian recordings vs offline TTS)",
+        description="Build the built-in corpus: real recorded speech from Debian packages against offline "
+                    "synthesisers and vocoders, with attacks in eval that training never sees.")
+    actions = corpus.add_subparsers(dest="action", title="actions", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build", help="build (or finish) the corpus in a folder",
+        description="Build the corpus into OUT: protocols/{train,dev,eval}.txt (ASVspoof 2019 format), "
+                    "flac/, plan.json and, last, corpus.json. Deterministic for a seed; an interrupted "
+                    "build is finished by running the same command again.")
+    build.add_argument("--out", type=Path, required=True, help="folder to build into")
+    build.add_argument("--size", choices=("tiny", "small", "default"), default="default",
+                       help="tiny: 46 utterances (tests), small: 460, default: 1,450")
+    build.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    build.add_argument("--workers", type=int, default=None, help="parallel renderers (default: all cores)")
+    build.add_argument("--no-install", action="store_true",
+                       help="never run apt-get; only say what is missing")
+    build.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    build.set_defaults(handler=_corpus_build)
+    install = actions.add_parser("install", help="install the Debian packages the corpus needs (as root)")
+    install.set_defaults(handler=_corpus_install)
+
+
+def _corpus_build(args: argparse.Namespace) -> int:
+    from dpda.corpus import CorpusError, MissingPackagesError, build_corpus
+
+    try:
+        build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers,
+                     install=not args.no_install, progress=not args.quiet)
+    except (CorpusError, MissingPackagesError) as error:
+        print(f"dpda corpus build: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _corpus_install(_: argparse.Namespace) -> int:
+    from dpda.corpus import MissingPackagesError, ensure_packages
+
+    try:
+        ensure_packages(install=True)
+    except MissingPackagesError as error:
+        print(f"dpda corpus install: {error}", file=sys.stderr)
+        return 2
+    print("the built-in corpus has every package it needs")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

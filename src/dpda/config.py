@@ -1,0 +1,405 @@
+"""The experiment configuration of ``dpda train CONFIG.yaml``: typed, with a default for every key.
+
+A config file is YAML whose sections mirror the dataclasses below (``configs/default.yaml`` lists
+every key with its default). ``load_config`` merges the file with ``--set a.b=c`` overrides, then
+checks every key and type against the dataclass fields, so a typo or a wrong type stops the run
+at once with the file, the dotted key and the expected value named, not hours into training.
+Paths are kept as written; relative ones are resolved by their users against the working
+directory. ``save_config`` writes the resolved copy that a run folder keeps.
+
+YAML reads ``1e-6`` (no dot) as a string; the loader here reads it as a float, as YAML 1.2 does,
+in files and override values alike, and float fields also accept such strings from plain dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+#: The protocol kinds a ``DataSet`` may name: those of ``dpda.data.read_protocol`` and the
+#: built-in synthetic set.
+DATASET_KINDS = ("asvspoof2019", "asvspoof2021", "asvspoof5", "in_the_wild", "for", "csv", "folder", "builtin")
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A config value that is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, problem: str, source: str = "<config>") -> None:
+        self.key, self.problem, self.source = key, problem, source
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+
+
+def _check(ok: bool, key: str, expected: str, found: Any) -> None:
+    if not ok:
+        raise ConfigError(key, f"expected {expected}, found {_show(found)}")
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """One protocol: the trials it lists and where their audio lives."""
+
+    kind: str  # protocol format, one of DATASET_KINDS
+    protocol: str  # protocol file (a folder for 'for' and 'folder')
+    root: str | None = None  # audio root the protocol's paths are relative to; None: the protocol's folder
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options of the kind's reader
+    name: str | None = None  # label in logs and score files; None: derived from the protocol
+
+    def __post_init__(self) -> None:
+        _check(self.kind in DATASET_KINDS, "kind", f"one of {', '.join(DATASET_KINDS)}", self.kind)
+        _check(bool(self.protocol), "protocol", "a non-empty path", self.protocol)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training and development data and how utterances become fixed-length crops."""
+
+    train: DataSet | None = None  # training protocol (required by `dpda train`)
+    dev: DataSet | None = None  # development protocol for early stopping and checkpoint choice
+    sample_rate: int = 16000  # Hz; audio at another rate is an error
+    crop_length: int = 66800  # samples per training crop (the paper's 4.175 s at 16 kHz)
+    crop_policy: Literal["head", "random", "full"] = "head"  # which part is kept (longer) or repeated (shorter)
+    workers: int = 2  # data-loader worker processes; 0 loads in the main process
+    validate: Literal["header", "decode", "off"] = "header"  # audio check before training
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate > 0, "sample_rate", "a positive int", self.sample_rate)
+        _check(self.crop_length > 0, "crop_length", "a positive int", self.crop_length)
+        _check(self.workers >= 0, "workers", "an int >= 0", self.workers)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation chain of the augmented path: a chain file or an inline chain, not both."""
+
+    chain: str | None = "configs/augment/rawboost_algo4.yaml"  # YAML chain file (dpda.augment.chain)
+    inline: dict[str, Any] | None = None  # a chain mapping instead of a file (then chain: null)
+    overrides: dict[str, Any] = field(default_factory=dict)  # chain option overrides, {"noise.p": 0.3}
+
+    def __post_init__(self) -> None:
+        if (self.chain is None) == (self.inline is None):
+            raise ConfigError("chain", "give exactly one of augment.chain (a file) and augment.inline "
+                                       "(a mapping); set the other to null")
+
+
+@dataclass(frozen=True)
+class DualPathConfig:
+    """How the clean and augmented paths' gradients are formed and combined."""
+
+    mode: Literal["joint", "split", "concat"] = "joint"  # how the two paths go through the model
+    aligner: str = "pcgrad"  # gradient aligner name (`dpda aligners` lists them)
+    aligner_options: dict[str, Any] = field(default_factory=dict)  # the aligner's keyword options
+    grouping: Literal["model", "layer"] = "model"  # align the whole gradient or each layer's
+    class_weights: tuple[float, float] = (0.1, 0.9)  # cross-entropy weights of spoof (0), bona fide (1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast precision of forward passes
+    max_grad_norm: float | None = None  # clip the combined gradient to this L2 norm; None: no clipping
+
+    def __post_init__(self) -> None:
+        weights = self.class_weights
+        _check(min(weights) >= 0 and sum(weights) > 0, "class_weights", "weights >= 0, not both 0", weights)
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "a positive float or null",
+               self.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer and its learning-rate schedule."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-6  # peak learning rate
+    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decay rates
+    momentum: float = 0.9  # SGD momentum
+    scheduler: Literal["none", "cosine", "step"] = "none"  # cosine: over all steps; step: per epoch
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
+    step_size: int = 1  # epochs between decays of the step scheduler
+    gamma: float = 0.5  # learning-rate factor of each step-scheduler decay
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", "a positive float", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
+        _check(all(0 <= b < 1 for b in self.betas), "betas", "two floats in [0, 1)", self.betas)
+        _check(0 <= self.momentum < 1, "momentum", "a float in [0, 1)", self.momentum)
+        _check(self.warmup_steps >= 0, "warmup_steps", "an int >= 0", self.warmup_steps)
+        _check(self.step_size >= 1, "step_size", "an int >= 1", self.step_size)
+        _check(0 < self.gamma <= 1, "gamma", "a float in (0, 1]", self.gamma)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: batch, length, stopping and the checkpoints kept."""
+
+    batch_size: int = 5  # utterances per path per optimizer step, over all processes and micro-batches
+    accumulation: int = 1  # micro-batches per optimizer step (batch_size % (accumulation x world) == 0)
+    epochs: int = 100  # most epochs to train
+    patience: int | None = 7  # epochs without dev-loss improvement before stopping; None: never stop early
+    n_best: int = 5  # best checkpoints (by dev loss) kept and averaged into the final model
+    max_steps_per_epoch: int | None = None  # cap on optimizer steps per epoch; None: the whole set
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    deterministic: bool = True  # deterministic kernels (slower, reproducible)
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "accumulation", "epochs", "n_best"):
+            _check(getattr(self, key) >= 1, key, "an int >= 1", getattr(self, key))
+        for key in ("patience", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, "an int >= 1 or null", value)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where training metrics go."""
+
+    tensorboard: bool = True  # TensorBoard event files in the run folder
+    csv: bool = True  # metrics.csv in the run folder
+    every_steps: int = 1  # optimizer steps between logged training metrics
+    progress: bool = True  # progress bars on the terminal
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 1, "every_steps", "an int >= 1", self.every_steps)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The sets scored after training and how."""
+
+    sets: list[DataSet] = field(default_factory=list)  # evaluation protocols, scored in this order
+    score: Literal["logit_diff", "bonafide_logit"] = "logit_diff"  # bona fide minus spoof logit, or bona fide logit
+    batch_size: int = 8  # utterances per forward pass
+    max_seconds: float | None = None  # seconds of audio kept per utterance; None: all of it
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
+        _check(self.max_seconds is None or self.max_seconds > 0, "max_seconds", "a positive float or null",
+               self.max_seconds)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run; its folder is output_dir/name (/seed-N when several seeds are run)."""
+
+    name: str = "experiment"  # run name, the run folder's name
+    seed: int = 1  # random seed of initialisation, data order and augmentation
+    output_dir: str = "runs"  # folder of run folders
+    paper_row: str | None = None  # id of the paper table row this config reproduces
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "aasist_l"})  # registry name and options
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    dualpath: DualPathConfig = field(default_factory=DualPathConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name, "name",
+               "a non-empty folder name", self.name)
+        _check(self.seed >= 0, "seed", "an int >= 0", self.seed)
+        _check(isinstance(self.model.get("name"), str), "model.name", "a model registry name",
+               self.model.get("name"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, checking and saving
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-6`` (no dot) as a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?\d+[eE][-+]?\d+$"), list("-+0123456789"))
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The config in the YAML file at ``path`` (defaults only when None) with ``overrides`` applied.
+
+    Each override is ``"dotted.key=value"``, the value read as YAML (``1e-5``, ``true``, ``null``,
+    ``[0.2, 0.8]``, ``{kind: csv, protocol: p.csv}``); keys inside free-form mappings (``model``,
+    ``*options``, ``augment.inline``) may be new, all others must exist.
+    """
+    source = "<defaults>" if path is None else str(path)
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _parse(Path(path).read_text(encoding="utf-8"), source) or {}
+        if not isinstance(data, dict):
+            raise ConfigError("", f"expected a mapping of sections, found {_show(data)}", source)
+    applied: list[tuple[str, str]] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("", f"expected KEY=VALUE, found {item!r}", "--set")
+        _check_path(key, f"--set {item}")
+        _assign(data, key.split("."), _parse(text, f"--set {item}"))
+        applied.append((key, item))
+    try:
+        return config_from_dict(data, source=source)
+    except ConfigError as error:  # name the override a bad value came from
+        for key, item in reversed(applied):
+            if error.key == key or error.key.startswith((key + ".", key + "[")):
+                raise ConfigError(error.key, error.problem, f"--set {item}") from None
+        raise
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>") -> ExperimentConfig:
+    """The config in ``data`` (sections as nested mappings), checked; ``source`` names it in errors."""
+    return _convert(data, ExperimentConfig, "", source)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """``config`` as plain dicts, lists and scalars, ready for ``yaml.safe_dump``."""
+    return _plain(config)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML, atomically: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), unlike mkstemp, honours the umask
+    try:
+        with open(temp, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _parse(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as error:
+        raise ConfigError("", f"invalid YAML: {error}", source) from None
+
+
+def _check_path(key: str, source: str) -> None:
+    """Fail unless ``key`` names a config field or lies inside a free-form mapping."""
+    tp: Any = ExperimentConfig
+    done: list[str] = []
+    for part in key.split("."):
+        tp = _strip_none(tp)
+        if get_origin(tp) is dict:
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(".".join(done), f"has no sub-keys ({_type_name(tp)}); set it whole", source)
+        _known_key(part, tp, _join(".".join(done), part), source)
+        tp = get_type_hints(tp)[part]
+        done.append(part)
+
+
+def _assign(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        if not isinstance(data.get(part), dict):  # absent or null: start a new section
+            data[part] = {}
+        data = data[part]
+    data[parts[-1]] = value
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` checked against the type ``tp`` (converted where lossless) or a ConfigError."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, _strip_none(tp), key, source)
+    if origin is Literal:
+        if not any(value == choice and type(value) is type(choice) for choice in args):
+            raise ConfigError(key, f"expected one of {', '.join(map(repr, args))}, found {_show(value)}", source)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(value, tp, key, source)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(key, f"expected a mapping with string keys, found {_show(value)}", source)
+        return dict(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected {_type_name(tp)}, found {_show(value)}", source)
+        if origin is list:
+            return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if len(value) != len(args):
+            raise ConfigError(key, f"expected {_type_name(tp)}, found {_show(value)}", source)
+        return tuple(_convert(v, t, f"{key}[{i}]", source) for i, (v, t) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(key, f"expected {_type_name(tp)}, found {_show(value)}", source)
+
+
+def _convert_dataclass(value: Any, cls: type, key: str, source: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping of {cls.__name__} keys, found {_show(value)}", source)
+    for name in value:
+        _known_key(name, cls, _join(key, name), source)
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            kwargs[f.name] = _convert(value[f.name], hints[f.name], _join(key, f.name), source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(key, f.name), f"required key missing ({cls.__name__})", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:  # a range check: prefix its key with the section's path
+        raise ConfigError(_join(key, error.key), error.problem, source) from None
+
+
+def _known_key(name: Any, cls: type, key: str, source: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    if name not in valid:
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        section = key.rpartition(".")[0] or "the top level"
+        raise ConfigError(key, f"unknown key{hint}; valid keys of {section}: {', '.join(valid)}", source)
+
+
+def _strip_none(tp: Any) -> Any:
+    """``X`` for ``X | None``, else ``tp`` itself."""
+    if get_origin(tp) in (Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is None:
+        return tp.__name__
+    return f"{get_origin(tp).__name__}[{', '.join(map(_type_name, get_args(tp)))}]"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 63 else f"{text} ({type(value).__name__})"
