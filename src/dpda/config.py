@@ -145,6 +145,7 @@ class TrainConfig:
     patience: int | None = 7  # epochs without dev-loss improvement before stopping; None: never stop early
     n_best: int = 5  # best checkpoints (by dev loss) kept and averaged into the final model
     max_steps_per_epoch: int | None = None  # cap on optimizer steps per epoch; None: the whole set
+    save_every_steps: int | None = None  # training state saved every N optimizer steps too; None: at epoch ends
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     deterministic: bool = True  # deterministic kernels (slower, reproducible)
@@ -152,7 +153,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("batch_size", "accumulation", "epochs", "n_best"):
             _check(getattr(self, key) >= 1, key, "an int >= 1", getattr(self, key))
-        for key in ("patience", "max_steps_per_epoch"):
+        for key in ("patience", "max_steps_per_epoch", "save_every_steps"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, "an int >= 1 or null", value)
 
@@ -162,7 +163,7 @@ class LoggingConfig:
     """Where training metrics go."""
 
     tensorboard: bool = True  # TensorBoard event files in the run folder
-    csv: bool = True  # metrics.csv in the run folder
+    csv: bool = True  # steps.csv and epochs.csv in the run folder
     every_steps: int = 1  # optimizer steps between logged training metrics
     progress: bool = True  # progress bars on the terminal
 

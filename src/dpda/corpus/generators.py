@@ -94,7 +94,10 @@ def piper(text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, in
 
 
 def world(audio: np.ndarray, rate: int, params: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """WORLD analysis (DIO + StoneMask, CheapTrick, D4C) and synthesis at the source's own rate."""
+    """WORLD copy-synthesis at the source's own rate: F0 by DIO + StoneMask, spectral envelope
+    by CheapTrick, and a voiced/unvoiced excitation (aperiodicity 0.001 in voiced frames, 1 in
+    unvoiced ones). D4C's band aperiodicity is not used: its output depends on where its
+    buffers lie in memory, so it would make the corpus differ from build to build."""
     with warnings.catch_warnings():  # pyworld 0.3.5 imports the deprecated pkg_resources
         warnings.simplefilter("ignore")
         import pyworld
@@ -102,7 +105,7 @@ def world(audio: np.ndarray, rate: int, params: dict[str, Any]) -> tuple[np.ndar
     f0, times = pyworld.dio(x, rate, frame_period=5.0)
     f0 = pyworld.stonemask(x, f0, times, rate)
     envelope = pyworld.cheaptrick(x, f0, times, rate)
-    aperiodicity = pyworld.d4c(x, f0, times, rate)
+    aperiodicity = np.where(f0[:, None] > 0, 0.001, 1.0) * np.ones_like(envelope)
     return pyworld.synthesize(f0 * params["f0_scale"], envelope, aperiodicity, rate, 5.0), rate
 
 
@@ -138,7 +141,7 @@ GENERATORS = (
     Generator("A02", "flite", "diphone concatenation (kal16)", "train", "tts", (("kal16", "en"),), apt=("flite",)),
     Generator("A03", "flite", "statistical parametric (clustergen: slt, rms, awb)", "train", "tts",
               (("slt", "en"), ("rms", "en"), ("awb", "en")), apt=("flite",)),
-    Generator("A04", "world", "vocoder copy-synthesis (WORLD)", "train", "vocoder", (), pip=("pyworld",)),
+    Generator("A04", "world", "vocoder copy-synthesis (WORLD, voiced/unvoiced excitation)", "train", "vocoder", (), pip=("pyworld",)),
     Generator("A05", "festival", "statistical parametric (HTS, cmu_us_slt_arctic_hts)", "eval", "tts",
               (("voice_cmu_us_slt_arctic_hts", "en"),), apt=("festival", "festvox-us-slt-hts")),
     Generator("A06", "festival", "diphone concatenation (kal_diphone)", "eval", "tts",

@@ -103,8 +103,12 @@ class ResumableLoader:
                                         world_size=world_size, drop_last=drop_last)
         self.batch_size = batch_size
         self.drop_last = drop_last
+        # The loader's own generator (worker seeds) keeps it from drawing from the global RNG
+        # at each epoch, which would make a resumed run's dropout masks differ.
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory)
+                                 collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+                                 generator=torch.Generator().manual_seed(seed),
+                                 persistent_workers=num_workers > 0)
         self.consumed = 0  # samples of this epoch handed out, resumed ones included
 
     @property

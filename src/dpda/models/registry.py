@@ -33,7 +33,9 @@ SSL_BACKENDS = {
     "xlsr_conformer_tcm": "dpda.models.conformer_tcm:ConformerTCMBackEnd",
     "xlsr_mamba": "dpda.models.mamba:MambaBackEnd",
 }
-MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS)
+#: Any detector of the user's: ``{"name": "custom", "class": "package.module:ClassName", ...options}``.
+CUSTOM = "custom"
+MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS, CUSTOM)
 
 
 def build(config: Mapping[str, Any]) -> nn.Module:
@@ -44,6 +46,15 @@ def build(config: Mapping[str, Any]) -> nn.Module:
         close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"model: unknown name {name!r}{hint}; valid names: {', '.join(MODEL_NAMES)}")
+    if name == CUSTOM:
+        target = options.pop("class", None)
+        if not isinstance(target, str) or ":" not in target:
+            raise ValueError(f"model 'custom': give class: 'package.module:ClassName', got {target!r}")
+        try:
+            factory = _load(target)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"model 'custom': cannot import {target!r} ({error})") from error
+        return factory(**checked_options(factory, options, f"model {target!r}"))
     if name in RAW_MODELS:
         factory = _load(RAW_MODELS[name])
         if name == "aasist_l":
