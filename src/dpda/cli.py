@@ -49,7 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
     convert.set_defaults(handler=_convert_fairseq)
     _add_corpus_commands(commands)
+    _add_train_command(commands)
     return parser
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train a detector with dual-path training and gradient alignment",
+        description="Train from a YAML config (configs/default.yaml lists every key). The run folder "
+                    "(output_dir/name) gets the resolved config, checkpoints, the training state, logs "
+                    "and results.json. Several processes: torchrun --nproc_per_node N -m dpda train ...")
+    train.add_argument("config", nargs="?", type=Path, help="experiment YAML")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override a config key, e.g. --set optim.lr=1e-5 (value in YAML)")
+    train.add_argument("--seeds", type=int, nargs="+", help="train once per seed into output_dir/name/seed-N "
+                                                            "and summarise mean +- std")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    train.set_defaults(handler=_train)
 
 
 def _add_corpus_commands(commands: argparse._SubParsersAction) -> None:
@@ -84,6 +100,30 @@ def _corpus_build(args: argparse.Namespace) -> int:
                      install=not args.no_install, progress=not args.quiet)
     except (CorpusError, MissingPackagesError) as error:
         print(f"dpda corpus build: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dpda.config import ConfigError, load_config
+    from dpda.train import TrainingError, train, train_seeds
+    from dpda.train.checkpoint import CheckpointError
+
+    try:
+        if args.resume:
+            if args.config or args.overrides or args.seeds:
+                raise TrainingError("--resume takes only the run folder: its saved config is used")
+            train(None, args.resume, resume=True)
+        elif args.config is None:
+            raise TrainingError("give a config file (or --resume RUN_DIR); configs/default.yaml lists every key")
+        else:
+            config = load_config(args.config, args.overrides)
+            if args.seeds:
+                train_seeds(config, args.seeds)
+            else:
+                train(config)
+    except (ConfigError, TrainingError, CheckpointError) as error:
+        print(f"dpda train: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,1 +1,6 @@
-"""Training: dpda train."""
+"""Training: ``dpda train`` (the trainer, its checkpoints and logs, several seeds)."""
+
+from dpda.train.seeds import summarise, train_seeds
+from dpda.train.trainer import Trainer, TrainingError, train
+
+__all__ = ["Trainer", "TrainingError", "summarise", "train", "train_seeds"]

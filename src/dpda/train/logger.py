@@ -180,6 +180,16 @@ class ConflictMeter:
             self._cosine_sum += float(cosine)
             self._cosine_count += 1
 
+    def state_dict(self) -> dict[str, float | int]:
+        """The counters, for a training state that resumes mid-epoch."""
+        return {"steps": self.steps, "skipped_steps": self.skipped_steps, "flagged_steps": self.flagged_steps,
+                "conflicts": self.conflicts, "cosine_sum": self._cosine_sum, "cosine_count": self._cosine_count}
+
+    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
+        self.flagged_steps, self.conflicts = int(state["flagged_steps"]), int(state["conflicts"])
+        self._cosine_sum, self._cosine_count = float(state["cosine_sum"]), int(state["cosine_count"])
+
     @property
     def rate(self) -> float:
         """Conflicting steps over steps with a defined conflict flag; NaN when there are none."""
