@@ -362,7 +362,7 @@ class Trainer:
             records = read_dataset(dataset, f"eval set {name!r}", self.config.data.validate, need_both_classes=False,
                                    progress=False)
             max_seconds = self.config.eval.max_seconds
-            length = int(max_seconds * self.config.data.sample_rate) if max_seconds else None
+            length = round(max_seconds * self.config.data.sample_rate) if max_seconds else None
             ids, logits, labels = self._predict(records, dataset_root(dataset), length, "head" if length else "full")
             scores = scores_from_logits(logits, self.config.eval.score).numpy()
             entry: dict[str, Any] = {"utterances": len(ids)}
