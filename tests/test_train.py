@@ -13,72 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import yaml
+from tiny_runs import environment as _environment
+from tiny_runs import experiment as _config
+from tiny_runs import write_config as _write_config
+from tiny_runs import write_split as _write_split
 
 from dpda.config import load_config
 from dpda.train import TrainingError, train, train_seeds
 from dpda.train.checkpoint import average_weights, load_weights
 from dpda.train.logger import read_csv
-
-TESTS = Path(__file__).resolve().parent
-RATE = 16000
-
-
-def _write_split(root: Path, split: str, count: int, seed: int) -> Path:
-    """``count`` one-second utterances: bona fide = a harmonic tone in noise, spoof = noise only."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    (root / "flac").mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        bonafide = index % 2 == 0
-        t = np.arange(RATE) / RATE
-        audio = rng.normal(0, 0.05, RATE)
-        if bonafide:
-            audio += 0.2 * np.sin(2 * np.pi * rng.uniform(100, 200) * t)
-        utt = f"{split.upper()}_{index:04d}"
-        sf.write(str(root / "flac" / f"{utt}.flac"), audio.astype(np.float32), RATE)
-        lines.append(f"SPK{index % 3} {utt} - {'-' if bonafide else 'A01'} {'bonafide' if bonafide else 'spoof'}\n")
-    protocol = root / f"{split}.txt"
-    protocol.write_text("".join(lines))
-    return protocol
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for split, count, seed in (("train", 24, 0), ("dev", 8, 1), ("eval", 10, 2)):
-        _write_split(root, split, count, seed)
-    return root
-
-
-def _config(corpus: Path, out: Path, **train: object) -> dict:
-    dataset = {"kind": "asvspoof2019", "root": str(corpus)}
-    return {
-        "name": "tiny", "seed": 3, "output_dir": str(out),
-        "data": {"train": {**dataset, "protocol": str(corpus / "train.txt")},
-                 "dev": {**dataset, "protocol": str(corpus / "dev.txt")},
-                 "crop_length": 8000, "workers": 0},
-        "model": {"name": "custom", "class": "models:TinyDetector"},
-        "augment": {"chain": None, "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5,
-                                                                                "gain_db": [-6.0, 6.0]}]}},
-        "dualpath": {"aligner": "gradvac"},
-        "optim": {"lr": 0.01},
-        "train": {"batch_size": 4, "epochs": 3, "n_best": 2, "patience": None, **train},
-        "logging": {"progress": False},
-        "eval": {"sets": [{**dataset, "protocol": str(corpus / "eval.txt"), "name": "heldout"}]},
-    }
-
-
-def _write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -50,7 +50,152 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=_convert_fairseq)
     _add_corpus_commands(commands)
     _add_train_command(commands)
+    _add_evaluation_commands(commands)
     return parser
+
+
+def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="score a trained detector on its eval sets (or others) and compute the metrics",
+        description="Score every configured eval set with a checkpoint (or a run folder's final model): "
+                    "score files (resumable), results.json and results.md with EER, per-attack EER, "
+                    "minDCF, actDCF and Cllr. Add sets with --set \"eval.sets=[{kind: in_the_wild, "
+                    "protocol: /data/itw/meta.csv}]\".")
+    evaluate.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                          help="override a key of the checkpoint's config (eval.sets, eval.max_seconds, ...)")
+    evaluate.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /eval)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    evaluate.set_defaults(handler=_evaluate)
+    score = commands.add_parser(
+        "score", help="score audio files with a trained detector: JSON lines with a calibrated decision",
+        description="Score any audio soundfile reads (any rate; folders are searched): one JSON line per "
+                    "file with the raw score, the calibrated probability that it is spoofed and the "
+                    "decision at the checkpoint's dev EER threshold. Unreadable files are reported "
+                    "one by one; the exit status is 1 when any was.")
+    score.add_argument("paths", nargs="+", type=Path, help="audio files or folders")
+    score.add_argument("--model", type=Path, required=True, help="run folder or .safetensors checkpoint")
+    score.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    score.set_defaults(handler=_score)
+    landscape = commands.add_parser(
+        "landscape", help="the loss surface around trained weights, original vs augmented inputs (Figure 3)",
+        description="Evaluate the loss on a grid around the weights along two filter-normalised random "
+                    "directions (or the two path gradients), on dev utterances and on their augmented "
+                    "versions side by side; writes landscape.png and the raw grid landscape.npz.")
+    landscape.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
+    landscape.add_argument("--directions", choices=("filter", "gradients"), default="filter")
+    landscape.add_argument("--points", type=int, default=21, help="grid points per axis (odd)")
+    landscape.add_argument("--span", type=float, default=1.0, help="grid half-width in direction units")
+    landscape.add_argument("--utterances", type=int, default=64, help="dev utterances the loss is taken over")
+    landscape.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                           help="override a key of the checkpoint's config, e.g. data.dev=...")
+    landscape.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /landscape)")
+    landscape.add_argument("--device", default="auto")
+    landscape.add_argument("--seed", type=int, default=0)
+    landscape.set_defaults(handler=_landscape)
+
+
+def _device(name: str) -> object:
+    import torch
+
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dpda.config import ConfigError
+    from dpda.evaluate.evaluation import (
+        checkpoint_path,
+        evaluate_sets,
+        load_detector,
+        results_markdown,
+    )
+    from dpda.evaluate.scoring import ScoreError
+    from dpda.train.checkpoint import CheckpointError
+    from dpda.train.data import DataError
+
+    try:
+        device = _device(args.device)
+        detector = load_detector(args.source, device, args.overrides)
+        if not detector.config.eval.sets:
+            raise DataError("no eval sets: the checkpoint's config has none; add them with "
+                            "--set \"eval.sets=[{kind: ..., protocol: ...}]\"")
+        out = args.out or checkpoint_path(args.source).parent / "eval"
+        results = evaluate_sets(detector, detector.config.eval.sets, out, device)
+    except (ConfigError, CheckpointError, DataError, ScoreError, ValueError, OSError) as error:
+        print(f"dpda eval: {error}", file=sys.stderr)
+        return 2
+    print(results_markdown(results) + f"\nwritten to {out}")
+    return 0
+
+
+def _landscape(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from dpda.config import ConfigError
+    from dpda.data import AudioDataset
+    from dpda.data.dataset import collate
+    from dpda.evaluate.evaluation import checkpoint_path, load_detector
+    from dpda.evaluate.landscape import (
+        loss_landscape,
+        plot_landscape,
+        surface_sharpness,
+    )
+    from dpda.train.checkpoint import CheckpointError
+    from dpda.train.data import DataError, dataset_root, read_dataset
+    from dpda.train.trainer import make_chain
+
+    try:
+        device = _device(args.device)
+        detector = load_detector(args.source, device, args.overrides)
+        config = detector.config
+        if config.data.dev is None:
+            raise DataError("the checkpoint's config has no dev set; give one with --set data.dev={kind: ..., protocol: ...}")
+        records = read_dataset(config.data.dev, "dev", config.data.validate, progress=False)
+        chosen = sorted(torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed))
+                        [: args.utterances].tolist())
+        dataset = AudioDataset([records[i] for i in chosen], dataset_root(config.data.dev),
+                               length=config.data.crop_length, sample_rate=config.data.sample_rate)
+        original, labels, _ = collate([dataset[i] for i in range(len(dataset))])
+        original = original.to(device)
+        augmented = make_chain(config).to(device).augment(original, torch.Generator(device).manual_seed(args.seed)).audio
+        bar = tqdm(total=args.points ** 2, desc="loss landscape", unit="point")
+        surface = loss_landscape(detector.model, original, augmented, labels.to(device), directions=args.directions,
+                                 span=args.span, points=args.points, seed=args.seed,
+                                 batch_size=config.eval.batch_size, progress=lambda done, total: bar.update(1))
+        bar.close()
+    except (ConfigError, CheckpointError, DataError, ValueError, OSError) as error:
+        print(f"dpda landscape: {error}", file=sys.stderr)
+        return 2
+    out = args.out or checkpoint_path(args.source).parent / "landscape"
+    out.mkdir(parents=True, exist_ok=True)
+    surface.save(out / "landscape.npz")
+    plot_landscape(surface, out / "landscape.png", title=f"{config.name}: {args.directions} directions")
+    print(json.dumps({"sharpness": surface_sharpness(surface), "figure": str(out / "landscape.png")}))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from dpda.evaluate.evaluation import load_detector, score_files
+    from dpda.train.checkpoint import CheckpointError
+
+    try:
+        device = _device(args.device)
+        detector = load_detector(args.model, device)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"dpda score: {error}", file=sys.stderr)
+        return 2
+    if detector.calibration is None:
+        print("dpda score: this checkpoint has no calibration (no dev set); raw scores only", file=sys.stderr)
+    failed = False
+    for record in score_files(detector, args.paths, device):
+        failed |= "error" in record
+        print(json.dumps(record), flush=True)
+    return 1 if failed else 0
 
 
 def _add_train_command(commands: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ in files and override values alike, and float fields also accept such strings fr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -235,6 +236,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         data = _parse(Path(path).read_text(encoding="utf-8"), source) or {}
         if not isinstance(data, dict):
             raise ConfigError("", f"expected a mapping of sections, found {_show(data)}", source)
+    return config_with_overrides(data, overrides, source=source)
+
+
+def config_with_overrides(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
+                          source: str = "<config>") -> ExperimentConfig:
+    """``config_from_dict`` of ``data`` after ``overrides`` (as for ``load_config``); errors name
+    the override a bad value came from."""
+    data = copy.deepcopy(dict(data))
     applied: list[tuple[str, str]] = []
     for item in overrides:
         key, sep, text = item.partition("=")

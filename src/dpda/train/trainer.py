@@ -37,19 +37,23 @@ from dpda.config import (
 from dpda.data import AudioDataset, ResumableLoader
 from dpda.data.dataset import collate
 from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy
+from dpda.dualpath.sync import broadcast_module_
 from dpda.evaluate import eer
-from dpda.evaluate.scoring import predict, scores_from_logits, write_scores
+from dpda.evaluate.calibration import fit_calibration
+from dpda.evaluate.evaluation import Detector, evaluate_sets
+from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.models import build
 from dpda.train.checkpoint import (
     BestCheckpoints,
+    average_weights,
     capture_rng,
     check_architecture,
     load_state,
-    load_weights,
     restore_rng,
     save_state,
+    save_weights,
 )
-from dpda.train.data import DataError, dataset_name, dataset_root, read_dataset
+from dpda.train.data import DataError, dataset_root, read_dataset
 from dpda.train.logger import ConflictMeter, RunLogger, summarise_augmentation
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -312,14 +316,15 @@ class Trainer:
                   f"{record['train_loss_aug']:.4f} (orig/aug), conflicts {record['conflict_rate']:.1%}{dev}"
                   f"{' (best)' if improved else ''}", flush=True)
 
-    def _dev_metrics(self) -> dict[str, float]:
+    def _dev_metrics(self, with_scores: bool = False) -> Any:
+        """Dev loss (the training loss, class weights included) and EER of the current weights."""
         data = self.config.data
         _, logits, labels = self._predict(self.dev_records, dataset_root(data.dev), data.crop_length, "head")
-        loss = WeightedCrossEntropy(self.config.dualpath.class_weights)
-        numerator, denominator = loss(logits, labels)
-        scores = scores_from_logits(logits, self.config.eval.score).numpy()
-        value = eer(scores[labels.numpy() == 1], scores[labels.numpy() == 0])[0]
-        return {"dev_loss": float(numerator / denominator), "dev_eer": float(value)}
+        numerator, denominator = WeightedCrossEntropy(self.config.dualpath.class_weights)(logits, labels)
+        scores, labels = scores_from_logits(logits, self.config.eval.score).numpy(), labels.numpy()
+        metrics = {"dev_loss": float(numerator / denominator),
+                   "dev_eer": float(eer(scores[labels == 1], scores[labels == 0])[0])}
+        return (metrics, scores, labels) if with_scores else metrics
 
     def _predict(self, records: list, root: Path, length: int | None, crop: str) -> tuple[list[str], Any, Any]:
         """Every record scored once: shards over the ranks, gathered and put back in order."""
@@ -341,40 +346,35 @@ class Trainer:
         return ids, logits, labels
 
     def _finish(self) -> dict[str, Any]:
-        """The exact average of the n best checkpoints becomes the model; eval sets are scored."""
+        """The exact average of the n best checkpoints becomes the model, calibrated on dev and
+        saved as ``final.safetensors``; the eval sets are scored with it (by rank 0)."""
+        averaged = [epoch for epoch, _ in self.best.entries] if self.ranks.main else []
+        if self.ranks.main:
+            self.model.load_state_dict(average_weights(self.best.paths))
+        if self.ranks.world > 1:
+            broadcast_module_(self.model)
         results: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed,
                                    "paper_row": self.config.paper_row, "epochs": self.progress.epoch,
                                    "steps": self.progress.step, "best_epoch": self.progress.best_epoch,
-                                   "skipped_steps": self.engine.skipped_steps}
-        final = self.run_dir / "final.safetensors"
+                                   "skipped_steps": self.engine.skipped_steps, "averaged_epochs": averaged}
+        calibration = None
+        if self.dev_records is not None:
+            results["dev"], scores, labels = self._dev_metrics(with_scores=True)
+            calibration = fit_calibration(scores[labels == 1], scores[labels == 0])
         if self.ranks.main:
-            self.best.average(final, self._meta({"averaged_epochs": [e for e, _ in self.best.entries]}))
+            meta = self._meta({"averaged_epochs": averaged, **results.get("dev", {})})
+            if calibration is not None:
+                meta["calibration"] = calibration.as_dict()
+            save_weights(self.run_dir / "final.safetensors", self.model.state_dict(), meta)
+            if self.config.eval.sets:
+                detector = Detector(self.model.eval(), self.config, calibration, self.run_dir / "final.safetensors")
+                evaluated = evaluate_sets(detector, self.config.eval.sets, self.run_dir, self.device,
+                                          progress=self.config.logging.progress)
+                results["eval"] = evaluated["sets"]
+            results["history"] = self.progress.history
+            _write_json(self.run_dir / "results.json", results)
         if self.ranks.world > 1:
             dist.barrier()
-        weights, _ = load_weights(final)
-        self.model.load_state_dict(weights)
-        results["averaged_epochs"] = [e for e, _ in self.best.entries] if self.ranks.main else None
-        if self.dev_records is not None:
-            results["dev"] = self._dev_metrics()
-        results["eval"] = {}
-        for dataset in self.config.eval.sets:
-            name = dataset_name(dataset)
-            records = read_dataset(dataset, f"eval set {name!r}", self.config.data.validate, need_both_classes=False,
-                                   progress=False)
-            max_seconds = self.config.eval.max_seconds
-            length = round(max_seconds * self.config.data.sample_rate) if max_seconds else None
-            ids, logits, labels = self._predict(records, dataset_root(dataset), length, "head" if length else "full")
-            scores = scores_from_logits(logits, self.config.eval.score).numpy()
-            entry: dict[str, Any] = {"utterances": len(ids)}
-            if (labels == 1).any() and (labels == 0).any():
-                entry["eer"] = float(eer(scores[labels.numpy() == 1], scores[labels.numpy() == 0])[0])
-            if self.ranks.main:
-                (self.run_dir / "scores").mkdir(exist_ok=True)
-                write_scores(self.run_dir / "scores" / f"{name}.txt", ids, scores.tolist())
-            results["eval"][name] = entry
-        results["history"] = self.progress.history
-        if self.ranks.main:
-            _write_json(self.run_dir / "results.json", results)
         return results
 
     # ------------------------------------------------------------------------------------------

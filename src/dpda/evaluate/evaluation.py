@@ -1,0 +1,154 @@
+"""``dpda eval`` and ``dpda score``: a trained detector on eval protocols or on any audio.
+
+A detector is a ``.safetensors`` file written by ``dpda train`` (its JSON metadata holds the
+config that built it and the dev-set calibration) or a run folder (its ``final.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpda.config import DataSet, ExperimentConfig, config_with_overrides
+from dpda.data import fit_length, load_audio
+from dpda.data.protocols import AUDIO_EXTENSIONS
+from dpda.evaluate.calibration import Calibration
+from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
+from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
+from dpda.models import build
+from dpda.train.checkpoint import check_architecture, load_weights
+from dpda.train.data import dataset_name, dataset_root, read_dataset
+
+
+@dataclass
+class Detector:
+    model: nn.Module
+    config: ExperimentConfig
+    calibration: Calibration | None
+    path: Path
+
+
+def checkpoint_path(source: str | Path) -> Path:
+    source = Path(source)
+    return source / "final.safetensors" if source.is_dir() else source
+
+
+def load_detector(source: str | Path, device: torch.device, overrides: Sequence[str] = ()) -> Detector:
+    """The model a checkpoint (or run folder) describes, with its weights, in eval mode."""
+    path = checkpoint_path(source)
+    weights, meta = load_weights(path)
+    if "config" not in meta:
+        raise ValueError(f"{path}: its metadata has no 'config'; was it written by dpda train?")
+    config = config_with_overrides(meta["config"], overrides, source=f"{path} (config)")
+    model = build(config.model)
+    check_architecture(model, weights, path)
+    model.load_state_dict(weights)
+    calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
+    return Detector(model.to(device).eval(), config, calibration, path)
+
+
+def set_metrics(scores: Mapping[str, float], records: Sequence[Any]) -> dict[str, Any]:
+    """EER (pooled and per attack), ASVspoof 5's minDCF/actDCF/Cllr (scores read as natural-log
+    likelihood ratios, which raw logit margins only approximate), and counts."""
+    bonafide = np.array([scores[r.utt_id] for r in records if r.label == 1])
+    spoof_records = [r for r in records if r.label == 0]
+    spoof = np.array([scores[r.utt_id] for r in spoof_records])
+    result: dict[str, Any] = {"utterances": len(records), "bonafide": len(bonafide), "spoof": len(spoof)}
+    if len(bonafide) and len(spoof):
+        value, threshold = eer(bonafide, spoof)
+        result.update(eer=value, eer_threshold=threshold, min_dcf=min_dcf(bonafide, spoof)[0],
+                      act_dcf=act_dcf(bonafide, spoof), cllr=cllr(bonafide, spoof))
+        attacks = [r.attack or "unknown" for r in spoof_records]
+        if len(set(attacks)) > 1:
+            result["eer_per_attack"] = eer_per_attack(bonafide, spoof, attacks)
+    return result
+
+
+def evaluate_sets(detector: Detector, sets: Sequence[DataSet], out: Path, device: torch.device,
+                  progress: bool = True) -> dict[str, Any]:
+    """Score every set into ``out/scores/<name>.txt`` (resumable) and compute its metrics;
+    ``out/results.json`` and ``out/results.md`` hold them."""
+    config = detector.config
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    max_seconds = config.eval.max_seconds
+    length = round(max_seconds * config.data.sample_rate) if max_seconds else None
+    results: dict[str, Any] = {"checkpoint": str(detector.path), "score": config.eval.score,
+                               "max_seconds": max_seconds, "sets": {}}
+    prepared = [(dataset_name(d), d, read_dataset(d, f"eval set {dataset_name(d)!r}", config.data.validate,
+                                                  need_both_classes=False, progress=progress)) for d in sets]
+    for name, dataset, records in prepared:
+        scores = score_protocol(detector.model, records, dataset_root(dataset), out / "scores" / f"{name}.txt",
+                                device=device, length=length, batch_size=config.eval.batch_size,
+                                kind=config.eval.score, sample_rate=config.data.sample_rate,
+                                workers=config.data.workers, progress=progress)
+        results["sets"][name] = {"protocol": dataset.protocol, **set_metrics(scores, records)}
+    _write(out / "results.json", json.dumps(results, indent=1))
+    _write(out / "results.md", results_markdown(results))
+    return results
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    lines = [f"# Evaluation of {results['checkpoint']}", "",
+             "| set | utterances | bona fide | spoof | EER | minDCF | actDCF | Cllr |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["sets"].items():
+        cells = [f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
+                 for k in ("eer", "min_dcf", "act_dcf", "cllr")]
+        lines.append(f"| {name} | {entry['utterances']} | {entry['bonafide']} | {entry['spoof']} | " + " | ".join(cells) + " |")
+    for name, entry in results["sets"].items():
+        if "eer_per_attack" in entry:
+            lines += ["", f"## {name}: EER per attack", "", "| attack | EER |", "|---|---|"]
+            lines += [f"| {attack} | {value:.2%} |" for attack, value in entry["eer_per_attack"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def audio_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The given files, and the audio files below the given folders, sorted."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        else:
+            found.append(path)
+    return found
+
+
+def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.device) -> Iterator[dict[str, Any]]:
+    """One record per file: the raw score, the calibrated probability that it is spoofed and the
+    decision at the stored threshold; a file that cannot be read gets an ``error`` instead."""
+    config = detector.config
+    max_seconds = config.eval.max_seconds
+    for path in audio_files(paths):
+        try:
+            audio = load_audio(path, config.data.sample_rate)
+            if not len(audio):
+                raise ValueError("no samples")
+        except Exception as error:  # noqa: BLE001 - reported per file, the others go on
+            yield {"path": str(path), "error": f"{type(error).__name__}: {error}"}
+            continue
+        seconds = len(audio) / config.data.sample_rate
+        if max_seconds:
+            audio = fit_length(audio, round(max_seconds * config.data.sample_rate), "head")
+        _, logits, _ = predict(detector.model, [(torch.from_numpy(audio)[None], torch.zeros(1, dtype=torch.long),
+                                                 [str(path)])], device)
+        score = float(scores_from_logits(logits, config.eval.score)[0])
+        record: dict[str, Any] = {"path": str(path), "seconds": round(seconds, 3), "score": round(score, 6)}
+        if detector.calibration is not None:
+            calibration = detector.calibration
+            record.update(p_spoof=round(float(calibration.spoof_probability(score)), 6),
+                          decision="spoof" if calibration.is_spoof(score) else "bonafide",
+                          threshold=round(calibration.threshold, 6))
+        yield record
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,493 @@
+"""``dpda report``: one Markdown page with plots that compares finished training runs.
+
+Everything is read from the folders ``dpda train`` writes (``config.yaml``, ``steps.csv``,
+``epochs.csv``, ``results.json``, ``scores/``, and ``summary.json`` beside ``seed-N/`` folders);
+no model is loaded. A piece a run lacks (no dev set, no eval sets, ``concat`` mode without
+per-path gradients, a missing score file, an unreadable protocol) becomes a line of the report,
+not an error, so runs set up differently or still training can be compared.
+
+Figures are drawn on bare ``matplotlib.figure.Figure`` objects rendered by Agg, never through
+pyplot: the caller's backend and pyplot figure list are left alone and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import norm
+
+from dpda.config import DataSet, ExperimentConfig, load_config
+from dpda.evaluate.metrics import det_curve, eer
+from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
+from dpda.train.data import DataError, dataset_name, read_dataset
+from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
+
+__all__ = ["write_report"]
+
+Columns = dict[str, list[float | None]]
+
+_CLIP = 1e-4  # DET rates are clipped to [_CLIP, 1 - _CLIP]: the probit of 0 and 1 is infinite
+_DET_TICKS = np.array([0.01, 0.1, 1, 5, 20, 50, 80, 95, 99, 99.9, 99.99]) / 100
+_SEED_FOLDER = re.compile(r"seed-(\d+)")
+
+_CAPTIONS = {  # what each figure shows, said once in the report
+    "loss": "Left: the loss of the original and of the augmented path at every logged step (faint) and "
+            "its moving average (solid). Right: the mean training losses of each epoch and the dev loss "
+            "after it; the dotted line marks the best epoch (lowest dev loss, or train loss without dev).",
+    "conflict": "Left: the share of steps of each epoch whose two path gradients conflict (negative inner "
+                "product), with the paper's ~25 % (RawBoost) as a dashed line. Right: the cosine between "
+                "the two path gradients over all logged steps; mass left of 0 is conflict.",
+    "weights": "The weights the aligner gave the original and the augmented path gradient at each step "
+               "(their mean over groups); `mean` keeps both at 0.5.",
+    "scores": "Score distributions of bona fide and spoofed trials per eval set (densities, so sets of "
+              "different sizes compare); the dashed line is the EER threshold. Overlap means errors.",
+    "det": "DET curve: miss rate (bona fide rejected) against false-alarm rate (spoof accepted) at every "
+           "threshold, on normal-deviate axes; lower-left is better, and the curve crosses the dashed "
+           "diagonal at the EER (recomputed from the score file).",
+}
+
+
+@dataclass
+class Scores:
+    """One eval set's scores of a run, split by the protocol's labels."""
+
+    bonafide: np.ndarray
+    spoof: np.ndarray
+    eer: float
+    threshold: float
+
+
+@dataclass
+class Run:
+    """One training run folder and what it recorded."""
+
+    path: Path
+    label: str
+    config: ExperimentConfig
+    results: dict[str, Any]
+    steps: Columns
+    epochs: Columns
+    scores: dict[str, Scores] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # what cannot be shown, in words
+    slug: str = ""
+
+    def conflicts(self) -> tuple[int, int]:
+        """Conflicting steps and steps with a defined flag (skipped steps and concat have none)."""
+        flags = [flag for flag in self.steps.get("conflict", []) if flag is not None]
+        return int(sum(flags)), len(flags)
+
+
+@dataclass
+class Entry:
+    """A row of the comparison table: one run folder, or a multi-seed experiment folder."""
+
+    path: Path
+    label: str
+    runs: list[Run]
+    summary: dict[str, Any] | None = None  # summary.json of an experiment
+    notes: list[str] = field(default_factory=list)
+
+
+def write_report(runs: Sequence[Path], out: Path) -> Path:
+    """Write ``out/report.md`` and its PNG figures for the run or experiment folders ``runs``.
+
+    Raises ValueError for a path that is neither a run folder (``config.yaml``) nor a folder of
+    ``seed-N`` runs. Returns the path of the Markdown file.
+    """
+    if not runs:
+        raise ValueError("no run folders given")
+    entries = [_load_entry(Path(path)) for path in runs]
+    for entry, label in zip(entries, _unique([entry.label for entry in entries])):
+        entry.label = label
+    every = [run for entry in entries for run in entry.runs]
+    for run, slug in zip(every, _unique([_sanitise(run.label) for run in every])):
+        run.slug = slug
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Training report: {len(entries)} folder(s), {len(every)} training run(s)", "",
+             *(f"- `{entry.path}`" for entry in entries), "", *_table(entries), "", *_claims(entries),
+             "", *_det_section(every, out), "", "## Runs", "", "How to read the figures of each run:",
+             *(f"- {kind}: {_CAPTIONS[kind]}" for kind in ("loss", "conflict", "weights", "scores")), ""]
+    for entry in entries:
+        lines += [f"- {entry.label}: {note}" for note in entry.notes]
+        for run in entry.runs:
+            lines += ["", *_run_section(run, out)]
+    report = out / "report.md"
+    _atomic(report, lambda path: path.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _load_entry(path: Path) -> Entry:
+    if (path / "config.yaml").is_file():
+        run = _load_run(path)
+        return Entry(path, run.label, [run])
+    seeds = sorted((child for child in path.glob("seed-*") if _SEED_FOLDER.fullmatch(child.name)
+                    and (child / "config.yaml").is_file()), key=lambda child: int(child.name[5:]))
+    if not seeds:
+        raise ValueError(f"{path}: not a run folder (no config.yaml) nor a multi-seed experiment "
+                         "(no seed-N/ folders with a config.yaml)")
+    runs = [_load_run(seed) for seed in seeds]
+    entry = Entry(path, runs[0].config.name, runs)
+    for run in runs:
+        run.label = f"{entry.label}/seed-{run.config.seed}"
+    if (path / "summary.json").is_file():
+        entry.summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    else:
+        entry.notes.append("no summary.json (seeds still training?): mean ± std computed from the "
+                           "finished seeds' results.json")
+    return entry
+
+
+def _load_run(path: Path) -> Run:
+    config = load_config(path / "config.yaml")
+    run = Run(path, config.name, config, _json(path / "results.json"), _csv(path / STEPS_CSV),
+              _csv(path / EPOCHS_CSV))
+    for name, value in (("results.json", run.results), (STEPS_CSV, run.steps), (EPOCHS_CSV, run.epochs)):
+        if not value:
+            run.missing.append(f"no {name} in the run folder")
+    if config.data.dev is None:
+        run.missing.append("no dev set: no dev loss or dev EER, the best epoch is by train loss")
+    if config.dualpath.mode == "concat" or (run.steps and not _finite(run.steps.get("cosine", []))):
+        run.missing.append(f"no per-path gradient statistics (dualpath.mode {config.dualpath.mode}): "
+                           "no conflict rate, cosine or aligner weights")
+    if not config.eval.sets:
+        run.missing.append("no eval sets configured: no DET curves or score histograms")
+    for dataset in config.eval.sets:
+        _load_scores(run, dataset)
+    return run
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _csv(path: Path) -> Columns:
+    return read_csv(path) if path.is_file() else {}
+
+
+def _load_scores(run: Run, dataset: DataSet) -> None:
+    """Score file + protocol labels -> ``run.scores[name]``, or a line in ``run.missing``."""
+    name = dataset_name(dataset)
+    path = run.path / "scores" / f"{name}.txt"
+    if not path.is_file():
+        run.missing.append(f"eval set {name}: no score file scores/{name}.txt")
+        return
+    try:
+        labels = {record.utt_id: record.label for record in read_dataset(
+            dataset, f"eval set {name!r}", check="off", need_both_classes=False, progress=False)}
+    except DataError as error:
+        run.missing.append(f"eval set {name}: labels unavailable ({error})")
+        return
+    split: dict[int, list[float]] = {0: [], 1: []}
+    unknown = 0
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            utt_id, score = line.split()
+            if utt_id in labels:
+                split[labels[utt_id]].append(float(score))
+            else:
+                unknown += 1
+    if unknown:
+        run.missing.append(f"eval set {name}: {unknown} scored utterance(s) not in the protocol, left out")
+    if not (split[0] and split[1]):
+        run.missing.append(f"eval set {name}: scores of one class only, no DET curve")
+        return
+    bonafide, spoof = np.array(split[1]), np.array(split[0])
+    run.scores[name] = Scores(bonafide, spoof, *eer(bonafide, spoof))
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _table(entries: Sequence[Entry]) -> list[str]:
+    sets = list(dict.fromkeys(name for entry in entries for run in entry.runs
+                              for name in [*map(dataset_name, run.config.eval.sets), *run.results.get("eval", {})]))
+    header = ["run", "aligner", "seed(s)", "epochs", "best epoch", "dev EER (%)",
+              *(f"{name} EER (%)" for name in sets), "conflict rate (%)", "skipped steps", "paper EER (%)"]
+    lines = ["## Comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in entries:
+        stats = _entry_stats(entry)
+        config = entry.runs[0].config
+        paper = PAPER_RESULTS.get(config.paper_row or "")
+        cells = [entry.label, _aligner(config),
+                 ", ".join(str(run.config.seed) for run in entry.runs), _cell(stats, "epochs"),
+                 _cell(stats, "best_epoch"), _cell(stats, "dev_dev_eer", percent=True),
+                 *(_cell(stats, f"eval/{name}/eer", percent=True) for name in sets),
+                 _cell(stats, "conflict_rate", percent=True), _cell(stats, "skipped_steps"),
+                 " / ".join(f"{name} {value:.2f}" for name, value in paper.items()) if paper else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", ("EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
+              "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
+              "The conflict rate is conflicting steps over logged steps with a defined conflict flag "
+              "(steps.csv). The paper column is the published EER of the config's `paper_row`, where the "
+              "paper reports one; it was measured on the full data sets and is comparable only with runs "
+              "on the same data.")]
+    return lines
+
+
+def _entry_stats(entry: Entry) -> dict[str, tuple[float, float, int]]:
+    """metric -> (mean, std, runs): summary.json's metrics (or ``summarise`` of the results), plus
+    epochs, skipped steps and the conflict rate, which summary.json does not hold."""
+    # imported here: dpda.train.seeds loads the trainer, which reading run folders does not need
+    from dpda.train.seeds import summarise
+
+    finished = [run.results for run in entry.runs if run.results]
+    summary = entry.summary or summarise(finished)
+    stats = {key: (value["mean"], value["std"], len(value["values"])) for key, value in summary["metrics"].items()}
+    extra = {"epochs": [results["epochs"] for results in finished],
+             "skipped_steps": [results["skipped_steps"] for results in finished],
+             "conflict_rate": [c / n for c, n in (run.conflicts() for run in entry.runs) if n]}
+    for key, values in extra.items():
+        if values:
+            stats[key] = (fmean(values), stdev(values) if len(values) > 1 else 0.0, len(values))
+    return stats
+
+
+def _cell(stats: dict[str, tuple[float, float, int]], key: str, percent: bool = False) -> str:
+    if key not in stats:
+        return "–"
+    mean, std, count = stats[key]
+    show = (lambda v: f"{100 * v:.2f}") if percent else (lambda v: f"{v:.4g}")
+    return show(mean) + (f" ± {show(std)}" if count > 1 else "")
+
+
+def _claims(entries: Sequence[Entry]) -> list[str]:
+    runs = [run for entry in entries for run in entry.runs]
+    lines = ["## Against the paper's claims", "",
+             (f"These numbers come from {len(runs)} training run(s) in {len(entries)} configuration(s); "
+             "single runs have no spread estimate, so differences smaller than the seed-to-seed spread of a "
+             "multi-seed row are not evidence of an effect."), ""]
+    for key, measured in (("conflict_rate", _conflict_line), ("convergence", _convergence_line)):
+        claim = PAPER_CLAIMS[key]
+        lines += [f"- Paper ({claim.where}): {claim.text}. Here:",
+                  *(f"  - {run.label} (aligner {_aligner(run.config)}): {measured(run)}" for run in runs)]
+    claim = PAPER_CLAIMS["eer"]
+    lines.append(f"- Paper ({claim.where}): {claim.text}. Here: see the table; the paper's numbers come "
+                 "from full-size corpora and XLS-R models.")
+    return lines
+
+
+def _conflict_line(run: Run) -> str:
+    conflicts, flagged = run.conflicts()
+    if not flagged:
+        return "no conflict flags recorded"
+    augment = run.config.augment
+    chain = Path(augment.chain).stem if augment.chain else "an inline chain"
+    return (f"{conflicts / flagged:.1%} ({conflicts} of {flagged} logged steps) with augmentation {chain}; "
+            "the paper's figure is for RawBoost on ASVspoof 2019 LA")
+
+
+def _convergence_line(run: Run) -> str:
+    if not run.results:
+        return "not finished"
+    basis = "dev loss" if run.config.data.dev is not None else "train loss (no dev set)"
+    return f"best epoch {run.results['best_epoch']} of {run.results['epochs']} by {basis}"
+
+
+def _det_section(runs: Sequence[Run], out: Path) -> list[str]:
+    sets = list(dict.fromkeys(name for run in runs for name in run.scores))
+    lines = ["## DET curves", "", _CAPTIONS["det"]]
+    if not sets:
+        return [*lines, "", "No run has scores with both classes for any eval set."]
+    for name, slug in zip(sets, _unique([_sanitise(name) for name in sets])):
+        curves = [(run.label, run.scores[name]) for run in runs if name in run.scores]
+        lines += ["", f"![DET {name}]({_det_figure(name, curves, out / f'det-{slug}.png')})"]
+    return lines
+
+
+def _run_section(run: Run, out: Path) -> list[str]:
+    config, results = run.config, run.results
+    lines = [f"### {run.label}", "",
+             (f"`{run.path}`: model {config.model['name']}, mode {config.dualpath.mode}, aligner "
+             f"{config.dualpath.aligner}, seed {config.seed}, paper row {config.paper_row or '–'}; "
+             f"{results.get('steps', '?')} steps, averaged epochs {results.get('averaged_epochs', '?')}.")]
+    if run.missing:
+        lines += ["", *(f"- Not shown: {item}" for item in run.missing)]
+    for kind, draw in (("loss", _loss_figure), ("conflict", _conflict_figure), ("weights", _weights_figure),
+                       ("scores", _scores_figure)):
+        name = draw(run, out / f"run-{run.slug}-{kind}.png")
+        if name:
+            lines += ["", f"![{run.label} {kind}]({name})"]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _loss_figure(run: Run, path: Path) -> str | None:
+    step_keys = [key for key in ("loss_orig", "loss_aug") if _finite(run.steps.get(key, []))]
+    epoch_keys = [key for key in ("train_loss_orig", "train_loss_aug", "dev_loss") if _finite(run.epochs.get(key, []))]
+    if not (step_keys or epoch_keys):
+        return None
+    figure, (left, right) = _figure(2)
+    for index, key in enumerate(step_keys):
+        x, y = _series(run.steps, "step", key)
+        left.plot(x, y, color=f"C{index}", alpha=0.25, linewidth=0.8)
+        left.plot(x, _smooth(y), color=f"C{index}", label=key)
+    for index, key in enumerate(epoch_keys):
+        right.plot(*_series(run.epochs, "epoch", key), marker="o", color=f"C{index}", label=key)
+    if run.results.get("best_epoch", -1) > 0:
+        right.axvline(run.results["best_epoch"], color="grey", linestyle=":")
+    _finish(left, "optimizer step", "loss", "per step", counted=True)
+    _finish(right, "epoch", "loss", "per epoch", counted=True)
+    return _save(figure, path)
+
+
+def _conflict_figure(run: Run, path: Path) -> str | None:
+    x, rate = _series(run.epochs, "epoch", "conflict_rate")
+    cosine = np.array(_finite(run.steps.get("cosine", [])))
+    if not (rate.size or cosine.size):
+        return None
+    figure, (left, right) = _figure(2)
+    left.plot(x, 100 * rate, marker="o", label="this run")
+    left.axhline(100 * PAPER_CONFLICT_RATE, color="grey", linestyle="--", label="paper, RawBoost (~25 %)")
+    left.set_ylim(0, 100)
+    right.hist(cosine, bins=40, range=(-1, 1), color="C1")
+    right.axvline(0, color="black", linewidth=0.8)
+    _finish(left, "epoch", "conflicting steps (%)", "conflict rate", counted=True)
+    _finish(right, "cosine of the path gradients", "steps", "per-step cosine")
+    return _save(figure, path)
+
+
+def _weights_figure(run: Run, path: Path) -> str | None:
+    keys = [key for key in ("weight_orig", "weight_aug") if _finite(run.steps.get(key, []))]
+    if not keys:
+        return None
+    figure, (axes,) = _figure(1)
+    for key, style in zip(keys, ("-", "--")):
+        axes.plot(*_series(run.steps, "step", key), linestyle=style, label=key)
+    _finish(axes, "optimizer step", "weight", "aligner weights", counted=True)
+    return _save(figure, path)
+
+
+def _scores_figure(run: Run, path: Path) -> str | None:
+    if not run.scores:
+        return None
+    figure, axes = _figure(len(run.scores))
+    for ax, (name, scores) in zip(axes, run.scores.items()):
+        bins = np.histogram_bin_edges(np.concatenate((scores.bonafide, scores.spoof)), bins=40)
+        for values, label, color in ((scores.bonafide, "bona fide", "C2"), (scores.spoof, "spoof", "C3")):
+            ax.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=f"{label} ({values.size})")
+        ax.axvline(scores.threshold, color="black", linestyle="--", linewidth=0.8)
+        _finish(ax, "score (higher = bona fide)", "density", f"{name}: EER {scores.eer:.2%}")
+    return _save(figure, path)
+
+
+def _det_figure(name: str, curves: Sequence[tuple[str, Scores]], path: Path) -> str:
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    ax = figure.subplots()
+    for label, scores in curves:
+        frr, far, _ = det_curve(scores.bonafide, scores.spoof)
+        ax.plot(_probit(far), _probit(frr), label=f"{label} (EER {scores.eer:.2%})")
+    limits = _probit(np.array([_CLIP, 1 - _CLIP]))
+    ax.plot(limits, limits, color="grey", linestyle="--", linewidth=0.8)
+    labels = [f"{100 * tick:g}" for tick in _DET_TICKS]
+    ax.set_xticks(_probit(_DET_TICKS), labels)
+    ax.set_yticks(_probit(_DET_TICKS), labels)
+    ax.set_xlim(*limits)
+    ax.set_ylim(*limits)
+    ax.set_aspect("equal")
+    _finish(ax, "false-alarm rate: spoof accepted (%)", "miss rate: bona fide rejected (%)", f"DET: {name}")
+    ax.legend(fontsize="small", loc="upper right")
+    return _save(figure, path)
+
+
+def _figure(panels: int) -> tuple[Figure, Sequence[Axes]]:
+    figure = Figure(figsize=(5 * panels, 3.6), layout="constrained")
+    return figure, list(np.atleast_1d(figure.subplots(1, panels)))
+
+
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, counted: bool = False) -> None:
+    """Labels, grid and legend; ``counted``: x is a step or epoch number, so ticks are whole."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if counted:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def _save(figure: Figure, path: Path) -> str:
+    """Render ``figure`` to ``path`` (PNG, Agg) atomically; the name to link from the report."""
+    _atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+    return path.name
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _aligner(config: ExperimentConfig) -> str:
+    return "none (concat)" if config.dualpath.mode == "concat" else config.dualpath.aligner
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [value for value in values if value is not None and math.isfinite(value)]
+
+
+def _series(columns: Columns, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """The points of column ``y`` against ``x`` where both are defined and finite."""
+    pairs = [(a, b) for a, b in zip(columns.get(x, []), columns.get(y, []))
+             if a is not None and b is not None and math.isfinite(b)]
+    points = np.array(pairs, dtype=float).reshape(-1, 2)
+    return points[:, 0], points[:, 1]
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Trailing moving average over ~5 % of the points: per-step losses are too noisy to read."""
+    window = max(1, len(values) // 20)
+    sums = np.concatenate(([0.0], np.cumsum(values)))
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(0, end - window)
+    return (sums[end] - sums[start]) / (end - start)
+
+
+def _probit(rates: np.ndarray) -> np.ndarray:
+    return norm.ppf(np.clip(rates, _CLIP, 1 - _CLIP))
+
+
+def _sanitise(name: str) -> str:
+    """A file-name-safe, lower-case form (case-insensitive file systems would merge 'A' and 'a')."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "run"
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats suffixed ``-2``, ``-3``, ... so every one is distinct."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, count = name, 1
+        while candidate in seen:
+            count += 1
+            candidate = f"{name}-{count}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
