@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_runs import environment, experiment, write_config
 
 from dpda.config import load_config
 from dpda.data import Utterance, read_protocol
@@ -19,7 +20,6 @@ from dpda.evaluate.calibration import fit_calibration
 from dpda.evaluate.evaluation import load_detector, set_metrics
 from dpda.evaluate.scoring import ScoreError, read_scores, score_protocol
 from dpda.train import train
-from tiny_runs import environment, experiment, write_config
 
 
 @pytest.fixture(scope="module")

@@ -236,7 +236,7 @@ def test_conflict_meter():
     assert meter.steps == 5 and meter.skipped_steps == 1
     assert meter.rate == pytest.approx(2 / 3)
     assert meter.as_dict() == {"conflict_rate": pytest.approx(2 / 3), "mean_cosine": pytest.approx(-1 / 6),
-                               "steps": 5, "skipped_steps": 1}
+                               "steps": 5, "skipped_steps": 1, "conflicts": 2, "flagged_steps": 3}
     meter.reset()
     assert meter.as_dict()["steps"] == 0 and math.isnan(meter.rate)
     meter.update(stats(0.5, skipped=True))

@@ -50,7 +50,8 @@ def _config(data: Path, out: Path, name: str, aligner: str, epochs: int, **top: 
         "data": {"train": {**dataset, "protocol": str(data / "train.txt")},
                  "dev": {**dataset, "protocol": str(data / "dev.txt")}, "crop_length": 4000, "workers": 0},
         "model": {"name": "custom", "class": "models:TinyDetector"},
-        "augment": {"chain": None, "inline": {"sample_rate": RATE, "stages": [{"name": "bandlimit", "rates_hz": [1000]}]}},
+        "augment": {"chain": None, "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5,
+                                                                                "gain_db": [-6.0, 6.0]}]}},
         "dualpath": {"aligner": aligner},
         "optim": {"lr": 0.01},
         "train": {"batch_size": 4, "epochs": epochs, "n_best": 1, "patience": None},
@@ -145,17 +146,25 @@ def test_missing_pieces_are_reported_not_raised(runs, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(runs["pcgrad"], broken, ignore=shutil.ignore_patterns("checkpoints", "state"))
     (broken / "scores" / "heldout.txt").unlink()
+    columns, *lines = (broken / "steps.csv").read_text().splitlines()  # tiny runs do not conflict: make 3 do
+    cells = [line.split(",") for line in lines]
+    for row in cells[:3]:
+        row[columns.split(",").index("conflict")] = "1"
+    (broken / "steps.csv").write_text("\n".join([columns, *map(",".join, cells)]) + "\n")
     seeds = tmp_path / "seeds"  # one finished seed of two, no summary.json yet
     shutil.copytree(runs["seeded"] / "seed-1", seeds / "seed-1", ignore=shutil.ignore_patterns("checkpoints", "state"))
-    report = write_report([runs["concat"], broken, seeds], tmp_path / "out")
+    report = write_report([runs["concat"], broken, seeds, broken], tmp_path / "out")
     text = report.read_text()
     for phrase in ("no dev set", "no eval sets configured", "no per-path gradient statistics",
                    "no score file scores/heldout.txt", "no summary.json"):
         assert phrase in text, phrase
-    assert all(image.is_file() for image in _images(report))
+    images = _images(report)
+    assert all(image.is_file() for image in images) and len(set(images)) == len(images)
     header, rows = _table(report)
-    assert len(rows) == 3 and rows[1][header.index("heldout EER (%)")] != "–"  # results.json still counts
+    assert [row[0] for row in rows] == ["concat", "pcgrad", "seeded", "pcgrad-2"]  # a folder given twice
+    assert rows[1][header.index("heldout EER (%)")] != "–"  # results.json still counts
     assert rows[0][header.index("conflict rate (%)")] == "–"
+    assert rows[1][header.index("conflict rate (%)")] == f"{100 * 3 / len(cells):.2f}"
 
 
 def test_a_folder_that_holds_no_run_is_refused_by_name(tmp_path):

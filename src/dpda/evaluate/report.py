@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -40,7 +40,7 @@ Columns = dict[str, list[float | None]]
 
 _CLIP = 1e-4  # DET rates are clipped to [_CLIP, 1 - _CLIP]: the probit of 0 and 1 is infinite
 _DET_TICKS = np.array([0.01, 0.1, 1, 5, 20, 50, 80, 95, 99, 99.9, 99.99]) / 100
-_SEED_FOLDER = re.compile(r"seed-(\d+)")
+_SEED_FOLDER = re.compile(r"seed-\d+")
 
 _CAPTIONS = {  # what each figure shows, said once in the report
     "loss": "Left: the loss of the original and of the augmented path at every logged step (faint) and "
@@ -59,8 +59,7 @@ _CAPTIONS = {  # what each figure shows, said once in the report
 }
 
 
-@dataclass
-class Scores:
+class Scores(NamedTuple):
     """One eval set's scores of a run, split by the protocol's labels."""
 
     bonafide: np.ndarray
@@ -74,14 +73,14 @@ class Run:
     """One training run folder and what it recorded."""
 
     path: Path
-    label: str
     config: ExperimentConfig
     results: dict[str, Any]
     steps: Columns
     epochs: Columns
     scores: dict[str, Scores] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # what cannot be shown, in words
-    slug: str = ""
+    label: str = ""  # set by write_report: unique among the report's runs
+    slug: str = ""  # the label's file-name form, also unique
 
     def conflicts(self) -> tuple[int, int]:
         """Conflicting steps and steps with a defined flag (skipped steps and concat have none)."""
@@ -111,6 +110,8 @@ def write_report(runs: Sequence[Path], out: Path) -> Path:
     entries = [_load_entry(Path(path)) for path in runs]
     for entry, label in zip(entries, _unique([entry.label for entry in entries])):
         entry.label = label
+        for run in entry.runs:
+            run.label = label if run.path == entry.path else f"{label}/{run.path.name}"
     every = [run for entry in entries for run in entry.runs]
     for run, slug in zip(every, _unique([_sanitise(run.label) for run in every])):
         run.slug = slug
@@ -136,7 +137,7 @@ def write_report(runs: Sequence[Path], out: Path) -> Path:
 def _load_entry(path: Path) -> Entry:
     if (path / "config.yaml").is_file():
         run = _load_run(path)
-        return Entry(path, run.label, [run])
+        return Entry(path, run.config.name, [run])
     seeds = sorted((child for child in path.glob("seed-*") if _SEED_FOLDER.fullmatch(child.name)
                     and (child / "config.yaml").is_file()), key=lambda child: int(child.name[5:]))
     if not seeds:
@@ -144,8 +145,6 @@ def _load_entry(path: Path) -> Entry:
                          "(no seed-N/ folders with a config.yaml)")
     runs = [_load_run(seed) for seed in seeds]
     entry = Entry(path, runs[0].config.name, runs)
-    for run in runs:
-        run.label = f"{entry.label}/seed-{run.config.seed}"
     if (path / "summary.json").is_file():
         entry.summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
     else:
@@ -156,8 +155,9 @@ def _load_entry(path: Path) -> Entry:
 
 def _load_run(path: Path) -> Run:
     config = load_config(path / "config.yaml")
-    run = Run(path, config.name, config, _json(path / "results.json"), _csv(path / STEPS_CSV),
-              _csv(path / EPOCHS_CSV))
+    results = path / "results.json"
+    run = Run(path, config, json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {},
+              _csv(path / STEPS_CSV), _csv(path / EPOCHS_CSV))
     for name, value in (("results.json", run.results), (STEPS_CSV, run.steps), (EPOCHS_CSV, run.epochs)):
         if not value:
             run.missing.append(f"no {name} in the run folder")
@@ -171,10 +171,6 @@ def _load_run(path: Path) -> Run:
     for dataset in config.eval.sets:
         _load_scores(run, dataset)
     return run
-
-
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _csv(path: Path) -> Columns:
@@ -412,7 +408,7 @@ def _det_figure(name: str, curves: Sequence[tuple[str, Scores]], path: Path) -> 
 
 def _figure(panels: int) -> tuple[Figure, Sequence[Axes]]:
     figure = Figure(figsize=(5 * panels, 3.6), layout="constrained")
-    return figure, list(np.atleast_1d(figure.subplots(1, panels)))
+    return figure, list(figure.subplots(1, panels, squeeze=False)[0])
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, counted: bool = False) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {"Trainer": "trainer", "TrainingError": "trainer", "train": "trainer",
             "summarise": "seeds", "train_seeds": "seeds"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["Trainer", "TrainingError", "summarise", "train", "train_seeds"]
 
 
 def __getattr__(name: str) -> Any:

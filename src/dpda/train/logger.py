@@ -151,7 +151,7 @@ class ConflictMeter:
     >>> meter.update({"skipped": False, "conflict": False, "cosine": 0.4})
     >>> meter.update({"skipped": True, "conflict": None, "cosine": None})
     >>> meter.as_dict()
-    {'conflict_rate': 0.5, 'mean_cosine': 0.1, 'steps': 3, 'skipped_steps': 1}
+    {'conflict_rate': 0.5, 'mean_cosine': 0.1, 'steps': 3, 'skipped_steps': 1, 'conflicts': 1, 'flagged_steps': 2}
     """
 
     def __init__(self) -> None:
@@ -201,9 +201,10 @@ class ConflictMeter:
         return self._cosine_sum / self._cosine_count if self._cosine_count else math.nan
 
     def as_dict(self) -> dict[str, float | int]:
-        """``conflict_rate``, ``mean_cosine``, ``steps``, ``skipped_steps``."""
+        """``conflict_rate``, ``mean_cosine``, ``steps``, ``skipped_steps``, and the counts the rate
+        is made of (``conflicts`` of ``flagged_steps``), so epochs can be pooled exactly."""
         return {"conflict_rate": self.rate, "mean_cosine": self.mean_cosine, "steps": self.steps,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "conflicts": self.conflicts, "flagged_steps": self.flagged_steps}
 
 
 # ------------------------------------------------------------------------------------------------

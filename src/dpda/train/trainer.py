@@ -244,7 +244,8 @@ class Trainer:
         if progress.epoch_step == 0:
             self.loader.set_epoch(progress.epoch)
             self.meter.reset()
-            self.sums = {}
+            self.sums = {"seconds": 0.0}
+        epoch_started = time.monotonic()
         total = self.config.train.epochs * self.steps_per_epoch
         bar = tqdm(total=self.steps_per_epoch, initial=progress.epoch_step, unit="step", leave=False,
                    desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
@@ -279,10 +280,13 @@ class Trainer:
                             utt_s=f"{utterances / max(1e-9, time.monotonic() - started):.0f}")
             every = config.train.save_every_steps
             if every and progress.step % every == 0 and progress.epoch_step < self.steps_per_epoch:
+                self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.monotonic() - epoch_started
+                epoch_started = time.monotonic()
                 self._save_state()
             if progress.epoch_step >= self.steps_per_epoch:
                 break
         bar.close()
+        self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.monotonic() - epoch_started
 
     def _end_epoch(self) -> None:
         progress, train = self.progress, self.config.train
@@ -290,7 +294,8 @@ class Trainer:
         record: dict[str, Any] = {"epoch": progress.epoch + 1, "step": progress.step,
                                   "train_loss_orig": self.sums.get("loss_orig", math.nan) / steps,
                                   "train_loss_aug": self.sums.get("loss_aug", math.nan) / steps,
-                                  **self.meter.as_dict(), "lr": self.optimizer.param_groups[0]["lr"]}
+                                  **self.meter.as_dict(), "lr": self.optimizer.param_groups[0]["lr"],
+                                  "train_seconds": self.sums.get("seconds", 0.0)}
         if self.dev_records is not None:
             record.update(self._dev_metrics())
             metric = record["dev_loss"]
@@ -356,7 +361,8 @@ class Trainer:
         results: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed,
                                    "paper_row": self.config.paper_row, "epochs": self.progress.epoch,
                                    "steps": self.progress.step, "best_epoch": self.progress.best_epoch,
-                                   "skipped_steps": self.engine.skipped_steps, "averaged_epochs": averaged}
+                                   "skipped_steps": self.engine.skipped_steps, "averaged_epochs": averaged,
+                                   **_pooled(self.progress.history)}
         calibration = None
         if self.dev_records is not None:
             results["dev"], scores, labels = self._dev_metrics(with_scores=True)
@@ -422,6 +428,13 @@ class Trainer:
         self.best.load_state_dict(state["best"])
         self.meter.load_state_dict(state["meter"])
         self.sums = dict(state["sums"])
+
+
+def _pooled(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Conflict rate over all epochs' steps with a defined flag, and the training wall time."""
+    flagged = sum(record.get("flagged_steps", 0) for record in history)
+    return {"conflict_rate": sum(record.get("conflicts", 0) for record in history) / flagged if flagged else math.nan,
+            "train_seconds": sum(record.get("train_seconds", 0.0) for record in history)}
 
 
 def _resumable_config(run_dir: Path) -> ExperimentConfig:
