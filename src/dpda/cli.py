@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: DPDA with and without gradient alignment on the built-in corpus",
         description="Build the built-in corpus (if absent), train a detector per aligner on it, score the "
                     "eval split (unseen attacks) and write DIR/report.md with plots and DIR/results.json. "
-                    "About 15 minutes on 2 CPU cores; --quick about 3. Re-running continues where it stopped.")
+                    "About 15 minutes on 2 CPU cores; --quick under 3. Re-running continues where it stopped.")
     demo.add_argument("--out", type=Path, required=True, help="demo folder")
-    demo.add_argument("--quick", action="store_true", help="smaller corpus and budget (about 3 minutes)")
+    demo.add_argument("--quick", action="store_true", help="smaller corpus and budget (under 3 minutes)")
     demo.add_argument("--aligners", nargs="+", default=["mean", "pcgrad"],
                       help="aligners to compare (mean = DPDA without alignment; also gradvac, cagrad, ...)")
     demo.add_argument("--model", choices=("lfcc_lcnn", "aasist_l"), default="lfcc_lcnn")
@@ -180,48 +180,29 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _landscape(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-    from tqdm import tqdm
-
     from dpda.config import ConfigError
-    from dpda.data import AudioDataset
-    from dpda.data.dataset import collate
     from dpda.evaluate.evaluation import checkpoint_path, load_detector
     from dpda.evaluate.landscape import (
-        loss_landscape,
+        checkpoint_landscape,
         plot_landscape,
         surface_sharpness,
     )
     from dpda.train.checkpoint import CheckpointError
-    from dpda.train.data import DataError, dataset_root, read_dataset
-    from dpda.train.trainer import make_chain
+    from dpda.train.data import DataError
 
     try:
         device = _device(args.device)
         detector = load_detector(args.source, device, args.overrides)
-        config = detector.config
-        if config.data.dev is None:
-            raise DataError("the checkpoint's config has no dev set; give one with --set data.dev={kind: ..., protocol: ...}")
-        records = read_dataset(config.data.dev, "dev", config.data.validate, progress=False)
-        chosen = sorted(torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed))
-                        [: args.utterances].tolist())
-        dataset = AudioDataset([records[i] for i in chosen], dataset_root(config.data.dev),
-                               length=config.data.crop_length, sample_rate=config.data.sample_rate)
-        original, labels, _ = collate([dataset[i] for i in range(len(dataset))])
-        original = original.to(device)
-        augmented = make_chain(config).to(device).augment(original, torch.Generator(device).manual_seed(args.seed)).audio
-        bar = tqdm(total=args.points ** 2, desc="loss landscape", unit="point")
-        surface = loss_landscape(detector.model, original, augmented, labels.to(device), directions=args.directions,
-                                 span=args.span, points=args.points, seed=args.seed,
-                                 batch_size=config.eval.batch_size, progress=lambda done, total: bar.update(1))
-        bar.close()
+        surface = checkpoint_landscape(detector.model, detector.config, device, directions=args.directions,
+                                       points=args.points, span=args.span, utterances=args.utterances,
+                                       seed=args.seed)
     except (ConfigError, CheckpointError, DataError, ValueError, OSError) as error:
         print(f"dpda landscape: {error}", file=sys.stderr)
         return 2
     out = args.out or checkpoint_path(args.source).parent / "landscape"
     out.mkdir(parents=True, exist_ok=True)
     surface.save(out / "landscape.npz")
-    plot_landscape(surface, out / "landscape.png", title=f"{config.name}: {args.directions} directions")
+    plot_landscape(surface, out / "landscape.png", title=f"{detector.config.name}: {args.directions} directions")
     print(json.dumps({"sharpness": surface_sharpness(surface), "figure": str(out / "landscape.png")}))
     return 0
 

@@ -39,10 +39,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dpda.config import ExperimentConfig
 
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy
 
@@ -411,3 +415,29 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
             raise
     finally:
         figure.clear()
+
+
+def checkpoint_landscape(model: nn.Module, config: ExperimentConfig, device: torch.device, *, directions: str = "filter",
+                         points: int = 21, span: float = 1.0, utterances: int = 64, seed: int = 0) -> Landscape:
+    """``loss_landscape`` of a trained detector on ``utterances`` dev utterances of its config
+    (drawn with ``seed``, cropped as in training) and their augmented versions, with a progress bar."""
+    from tqdm import tqdm
+
+    from dpda.data import AudioDataset
+    from dpda.data.dataset import collate
+    from dpda.train.data import DataError, dataset_root, read_dataset
+    from dpda.train.trainer import make_chain
+
+    if config.data.dev is None:
+        raise DataError("the config has no dev set; give one with --set data.dev={kind: ..., protocol: ...}")
+    records = read_dataset(config.data.dev, "dev", config.data.validate, progress=False)
+    chosen = sorted(torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:utterances].tolist())
+    dataset = AudioDataset([records[i] for i in chosen], dataset_root(config.data.dev),
+                           length=config.data.crop_length, sample_rate=config.data.sample_rate)
+    original, labels, _ = collate([dataset[i] for i in range(len(dataset))])
+    original = original.to(device)
+    augmented = make_chain(config).to(device).augment(original, torch.Generator(device).manual_seed(seed)).audio
+    with tqdm(total=points**2, desc="loss landscape", unit="point") as bar:
+        return loss_landscape(model, original, augmented, labels.to(device), directions=directions, span=span,
+                              points=points, seed=seed, batch_size=config.eval.batch_size,
+                              progress=lambda done, total: bar.update(1))
