@@ -156,6 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         checkpoint_path,
         evaluate_sets,
         load_detector,
+        read_eval_sets,
         results_markdown,
     )
     from dpda.evaluate.scoring import ScoreError
@@ -169,7 +170,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise DataError("no eval sets: the checkpoint's config has none; add them with "
                             "--set \"eval.sets=[{kind: ..., protocol: ...}]\"")
         out = args.out or checkpoint_path(args.source).parent / "eval"
-        results = evaluate_sets(detector, detector.config.eval.sets, out, device)
+        config = detector.config
+        results = evaluate_sets(detector, read_eval_sets(config.eval.sets, config.data.validate), out, device)
     except (ConfigError, CheckpointError, DataError, ScoreError, ValueError, OSError) as error:
         print(f"dpda eval: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
-from dpda.data import fit_length, load_audio
+from dpda.data import Utterance, fit_length, load_audio
 from dpda.data.protocols import AUDIO_EXTENSIONS
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
@@ -72,19 +72,24 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any]) -> dict[str
     return result
 
 
-def evaluate_sets(detector: Detector, sets: Sequence[DataSet], out: Path, device: torch.device,
-                  progress: bool = True) -> dict[str, Any]:
-    """Score every set into ``out/scores/<name>.txt`` (resumable) and compute its metrics;
-    ``out/results.json`` and ``out/results.md`` hold them."""
+def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[tuple[DataSet, list[Utterance]]]:
+    """Each eval set with its records, every audio file checked (``check``) before any scoring."""
+    return [(d, read_dataset(d, f"eval set {dataset_name(d)!r}", check, need_both_classes=False, progress=progress))
+            for d in sets]
+
+
+def evaluate_sets(detector: Detector, sets: Sequence[tuple[DataSet, list[Utterance]]], out: Path,
+                  device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Score every set (as ``read_eval_sets`` returns them) into ``out/scores/<name>.txt``
+    (resumable) and compute its metrics; ``out/results.json`` and ``out/results.md`` hold them."""
     config = detector.config
     (out / "scores").mkdir(parents=True, exist_ok=True)
     max_seconds = config.eval.max_seconds
     length = round(max_seconds * config.data.sample_rate) if max_seconds else None
     results: dict[str, Any] = {"checkpoint": str(detector.path), "score": config.eval.score,
                                "max_seconds": max_seconds, "sets": {}}
-    prepared = [(dataset_name(d), d, read_dataset(d, f"eval set {dataset_name(d)!r}", config.data.validate,
-                                                  need_both_classes=False, progress=progress)) for d in sets]
-    for name, dataset, records in prepared:
+    for dataset, records in sets:
+        name = dataset_name(dataset)
         scores = score_protocol(detector.model, records, dataset_root(dataset), out / "scores" / f"{name}.txt",
                                 device=device, length=length, batch_size=config.eval.batch_size,
                                 kind=config.eval.score, sample_rate=config.data.sample_rate,

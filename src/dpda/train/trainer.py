@@ -40,7 +40,7 @@ from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy
 from dpda.dualpath.sync import broadcast_module_
 from dpda.evaluate import eer
 from dpda.evaluate.calibration import fit_calibration
-from dpda.evaluate.evaluation import Detector, evaluate_sets
+from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
 from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.models import build
 from dpda.train.checkpoint import (
@@ -179,6 +179,7 @@ class Trainer:
         self.train_records = read_dataset(config.data.train, "train", check, progress=progress)
         self.dev_records = (read_dataset(config.data.dev, "dev", check, progress=progress)
                             if config.data.dev else None)
+        self.eval_sets = read_eval_sets(config.eval.sets, check, progress) if self.ranks.main else []
 
         torch.manual_seed(config.seed)  # the model's initial weights
         try:
@@ -354,7 +355,7 @@ class Trainer:
         """The exact average of the n best checkpoints becomes the model, calibrated on dev and
         saved as ``final.safetensors``; the eval sets are scored with it (by rank 0)."""
         averaged = [epoch for epoch, _ in self.best.entries] if self.ranks.main else []
-        if self.ranks.main:
+        if self.ranks.main and averaged:  # none kept only when every epoch's metric was NaN: keep the last weights
             self.model.load_state_dict(average_weights(self.best.paths))
         if self.ranks.world > 1:
             broadcast_module_(self.model)
@@ -374,7 +375,7 @@ class Trainer:
             save_weights(self.run_dir / "final.safetensors", self.model.state_dict(), meta)
             if self.config.eval.sets:
                 detector = Detector(self.model.eval(), self.config, calibration, self.run_dir / "final.safetensors")
-                evaluated = evaluate_sets(detector, self.config.eval.sets, self.run_dir, self.device,
+                evaluated = evaluate_sets(detector, self.eval_sets, self.run_dir, self.device,
                                           progress=self.config.logging.progress)
                 results["eval"] = evaluated["sets"]
             results["history"] = self.progress.history
