@@ -148,3 +148,15 @@ def test_seeds_run_into_their_own_folders_with_a_summary(corpus, tmp_path):
     assert json.loads((folder / "summary.json").read_text())["seeds"] == [1, 2]
     assert "eval/heldout/eer" in (folder / "summary.md").read_text()
     assert train_seeds(load_config(_write_config(tmp_path / "c.yaml", config)), [1, 2]) == summary  # read back
+
+
+def test_train_compile_gives_the_eager_weights(corpus, tmp_path):
+    """``train.compile`` (torch.compile, inductor on the CPU) changes speed, not the result."""
+    finals = []
+    for compiled in (False, True):
+        config = _config(corpus, tmp_path / "runs", epochs=1, n_best=1, compile=compiled)
+        config["name"] = f"compile-{compiled}"
+        train(load_config(_write_config(tmp_path / f"{compiled}.yaml", config)))
+        finals.append(_tensors(tmp_path / "runs" / config["name"] / "final.safetensors"))
+    for key in finals[0]:
+        torch.testing.assert_close(finals[1][key], finals[0][key], rtol=1e-5, atol=1e-6)
