@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpda.atomic import write_text_atomic
 from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
 from dpda.evaluate.paper import PAPER_CLAIMS
@@ -127,9 +127,7 @@ def run_demo(out: str | Path, *, quick: bool = False, aligners: Sequence[str] = 
     report = write_report(folders, out)
     report.write_text(_demo_section(results, manifest) + "\n" + report.read_text())
     results["seconds"] = round(time.monotonic() - started, 1)
-    temporary = out / "results.json.part"
-    temporary.write_text(json.dumps(results, indent=1))
-    os.replace(temporary, out / "results.json")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     if progress:
         print(f"demo finished in {results['seconds'] / 60:.1f} min: {report}")
     return results

@@ -23,6 +23,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dpda import __version__
+from dpda.atomic import write_text_atomic
 from dpda.corpus.generators import GENERATORS
 from dpda.corpus.packages import apt_version, ensure_packages, pip_version
 from dpda.corpus.plan import (
@@ -44,12 +45,6 @@ AUDIO_TEMPLATE = "flac/{utt_id}.flac"
 
 class CorpusError(RuntimeError):
     """A corpus folder that cannot be built into as asked (another seed or size, foreign files)."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _render_file(item: Item, folder: Path) -> str:
@@ -75,7 +70,7 @@ def _load_plan(folder: Path, settings: dict[str, Any], share: Path) -> list[Item
                               "re-run with those settings to finish it, or choose another --out")
         return [item_from_dict(entry) for entry in stored["items"]]
     items = make_plan(settings["size"], settings["seed"], share)
-    _atomic_write_text(path, json.dumps({"settings": settings, "items": [item_to_dict(i) for i in items]}, indent=1))
+    write_text_atomic(path, json.dumps({"settings": settings, "items": [item_to_dict(i) for i in items]}, indent=1))
     return items
 
 
@@ -169,7 +164,7 @@ def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, worke
     protocols = folder / "protocols"
     protocols.mkdir(exist_ok=True)
     for split in SPLITS:
-        _atomic_write_text(protocols / f"{split}.txt", _protocol_lines(items, split))
+        write_text_atomic(protocols / f"{split}.txt", _protocol_lines(items, split))
     durations, feature_rows, files = {}, {}, {}
     for item in tqdm(items, desc="checking", unit="utt", disable=not progress):
         path = folder / AUDIO_TEMPLATE.format(utt_id=item.utt_id)
@@ -201,7 +196,7 @@ def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, worke
         "shortcut_check": shortcut,
         "files": dict(sorted(files.items())),
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
     manifest_summary = summary(manifest)
     if progress:
         print(manifest_summary + f"\nbuilt in {time.monotonic() - started:.0f} s: {folder}")

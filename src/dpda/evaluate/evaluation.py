@@ -7,7 +7,6 @@ config that built it and the dev-set calibration) or a run folder (its ``final.s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpda.atomic import write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
 from dpda.data.protocols import AUDIO_EXTENSIONS
@@ -95,8 +95,8 @@ def evaluate_sets(detector: Detector, sets: Sequence[tuple[DataSet, list[Utteran
                                 kind=config.eval.score, sample_rate=config.data.sample_rate,
                                 workers=config.data.workers, progress=progress)
         results["sets"][name] = {"protocol": dataset.protocol, **set_metrics(scores, records)}
-    _write(out / "results.json", json.dumps(results, indent=1))
-    _write(out / "results.md", results_markdown(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(out / "results.md", results_markdown(results))
     return results
 
 
@@ -151,9 +151,3 @@ def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.d
                           decision="spoof" if calibration.is_spoof(score) else "bonafide",
                           threshold=round(calibration.threshold, 6))
         yield record
-
-
-def _write(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(text)
-    os.replace(temporary, path)

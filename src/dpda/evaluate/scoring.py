@@ -51,14 +51,6 @@ def predict(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, list[str]]
     return ids, torch.cat(logits), torch.cat(labels)
 
 
-def write_scores(path: str | Path, ids: Sequence[str], scores: Sequence[float]) -> None:
-    """``<utterance id> <score>`` per line, written to a temporary file and renamed."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text("".join(f"{utt_id} {score:.6f}\n" for utt_id, score in zip(ids, scores)))
-    os.replace(temporary, path)
-
-
 class ScoreError(ValueError):
     """A score file that does not match its protocol: unknown, missing or repeated ids, NaN."""
 

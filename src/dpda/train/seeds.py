@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dpda.atomic import write_text_atomic
 from dpda.config import ExperimentConfig
 from dpda.train.trainer import run_dir_for, train
 
@@ -67,7 +68,5 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> dict[str, Any
         folder = Path(config.output_dir) / config.name
         for name, text in (("summary.json", json.dumps(summary, indent=1)),
                            ("summary.md", summary_markdown(config.name, summary))):
-            temporary = folder / f"{name}.part"
-            temporary.write_text(text)
-            os.replace(temporary, folder / name)
+            write_text_atomic(folder / name, text)
     return summary

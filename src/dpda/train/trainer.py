@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dpda.align import make_aligner
+from dpda.atomic import write_text_atomic
 from dpda.augment import build_chain, load_chain
 from dpda.augment.chain import AugmentationChain
 from dpda.config import (
@@ -446,9 +447,7 @@ def _resumable_config(run_dir: Path) -> ExperimentConfig:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_text(json.dumps(data, indent=1, default=_plain))
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=_plain))
 
 
 def _plain(value: Any) -> Any:
