@@ -186,7 +186,7 @@ def test_tiny_build_is_readable_and_described(tiny_corpus):
     assert all(g["versions"] and all(g["versions"].values()) for g in manifest["generators"])
     assert all(s["licence"] and s["version"] for s in manifest["sources"])
     assert 0.0 <= manifest["shortcut_check"]["eer_eval"] <= 1.0
-    assert not list(tiny_corpus.rglob("*.part"))
+    assert not list(tiny_corpus.rglob("*.part")) and not list(tiny_corpus.rglob(".*.tmp"))
 
 
 def test_a_killed_build_resumes_to_the_same_bytes(tiny_corpus, tmp_path):

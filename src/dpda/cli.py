@@ -145,9 +145,9 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str) -> object:
-    import torch
+    from dpda.train.trainer import Ranks, choose_device
 
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    return choose_device(name, Ranks())
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -162,6 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpda.evaluate.scoring import ScoreError
     from dpda.train.checkpoint import CheckpointError
     from dpda.train.data import DataError
+    from dpda.train.trainer import TrainingError
 
     try:
         device = _device(args.device)
@@ -172,7 +173,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = args.out or checkpoint_path(args.source).parent / "eval"
         config = detector.config
         results = evaluate_sets(detector, read_eval_sets(config.eval.sets, config.data.validate), out, device)
-    except (ConfigError, CheckpointError, DataError, ScoreError, ValueError, OSError) as error:
+    except (ConfigError, CheckpointError, DataError, ScoreError, TrainingError, ValueError, OSError) as error:
         print(f"dpda eval: {error}", file=sys.stderr)
         return 2
     print(results_markdown(results) + f"\nwritten to {out}")
@@ -191,6 +192,7 @@ def _landscape(args: argparse.Namespace) -> int:
     )
     from dpda.train.checkpoint import CheckpointError
     from dpda.train.data import DataError
+    from dpda.train.trainer import TrainingError
 
     try:
         device = _device(args.device)
@@ -198,7 +200,7 @@ def _landscape(args: argparse.Namespace) -> int:
         surface = checkpoint_landscape(detector.model, detector.config, device, directions=args.directions,
                                        points=args.points, span=args.span, utterances=args.utterances,
                                        seed=args.seed)
-    except (ConfigError, CheckpointError, DataError, ValueError, OSError) as error:
+    except (ConfigError, CheckpointError, DataError, TrainingError, ValueError, OSError) as error:
         print(f"dpda landscape: {error}", file=sys.stderr)
         return 2
     out = args.out or checkpoint_path(args.source).parent / "landscape"
@@ -214,11 +216,12 @@ def _score(args: argparse.Namespace) -> int:
 
     from dpda.evaluate.evaluation import load_detector, score_files
     from dpda.train.checkpoint import CheckpointError
+    from dpda.train.trainer import TrainingError
 
     try:
         device = _device(args.device)
         detector = load_detector(args.model, device)
-    except (CheckpointError, ValueError, OSError) as error:
+    except (CheckpointError, TrainingError, ValueError, OSError) as error:
         print(f"dpda score: {error}", file=sys.stderr)
         return 2
     if detector.calibration is None:

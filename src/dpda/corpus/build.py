@@ -23,7 +23,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dpda import __version__
-from dpda.atomic import write_text_atomic
+from dpda.atomic import atomic_path, write_text_atomic
 from dpda.corpus.generators import GENERATORS
 from dpda.corpus.packages import apt_version, ensure_packages, pip_version
 from dpda.corpus.plan import (
@@ -49,10 +49,8 @@ class CorpusError(RuntimeError):
 
 def _render_file(item: Item, folder: Path) -> str:
     audio = render(item)
-    target = folder / AUDIO_TEMPLATE.format(utt_id=item.utt_id)
-    temporary = target.with_name(target.name + ".part")
-    sf.write(str(temporary), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(temporary, target)
+    with atomic_path(folder / AUDIO_TEMPLATE.format(utt_id=item.utt_id), fsync=False) as temporary:
+        sf.write(str(temporary), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return item.utt_id
 
 
@@ -76,7 +74,7 @@ def _load_plan(folder: Path, settings: dict[str, Any], share: Path) -> list[Item
 
 def _render_missing(items: list[Item], folder: Path, workers: int, progress: bool) -> None:
     (folder / "flac").mkdir(exist_ok=True)
-    for stale in (folder / "flac").glob("*.part"):
+    for stale in (folder / "flac").glob(".*.tmp"):  # left by a killed renderer (dpda.atomic)
         stale.unlink()
     todo = [i for i in items if not (folder / AUDIO_TEMPLATE.format(utt_id=i.utt_id)).exists()]
     if not todo:

@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def logits_of(output: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Models return logits, or ``(embedding, logits)``."""
+    return output[-1] if isinstance(output, (tuple, list)) else output
+
+
 class PathLoss(Protocol):
     def __call__(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(numerator, denominator)``: the loss is ``numerator / denominator``."""

@@ -20,8 +20,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dpda.align import Aligner, combine_, gram_from_products, make_aligner, pairwise_products
-from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy
+from dpda.align import (
+    Aligner,
+    combine_,
+    gram_from_products,
+    make_aligner,
+    pairwise_products,
+)
+from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 from dpda.dualpath.scaler import LossScaler
 from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distributed
 
@@ -156,7 +162,7 @@ class DualPathStep:
                 terms.append((numerator, denominator))
         else:
             with self._autocast():
-                logits = _logits_of(self.model(torch.cat([x_orig, x_aug])))
+                logits = logits_of(self.model(torch.cat([x_orig, x_aug])))
                 terms = [self.loss(logits[:batch], labels), self.loss(logits[batch:], labels)]
             if self.mode == "concat":
                 self._backward(terms[0][0] + terms[1][0], ORIG)
@@ -215,7 +221,7 @@ class DualPathStep:
     # ----------------------------------------------------------------------------------------
     def _forward_loss(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         with self._autocast():
-            return self.loss(_logits_of(self.model(x)), labels)
+            return self.loss(logits_of(self.model(x)), labels)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -317,11 +323,6 @@ def _ratio(numerator: float, denominator: float) -> float:
     if denominator == 0:
         return math.nan if numerator == 0 else math.copysign(math.inf, numerator)
     return numerator / denominator
-
-
-def _logits_of(output: Tensor | tuple[Tensor, ...]) -> Tensor:
-    """Models return logits, or ``(embedding, logits)``."""
-    return output[-1] if isinstance(output, (tuple, list)) else output
 
 
 def _group_members(names: list[str], grouping: str) -> list[list[int]]:

@@ -34,8 +34,6 @@ Conventions of this module:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,8 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from dpda.config import ExperimentConfig
 
-from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy
+from dpda.atomic import atomic_path
+from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 
 __all__ = ["DIRECTIONS", "Landscape", "filter_normalized_directions", "gradient_directions", "loss_landscape",
            "plot_landscape", "surface_sharpness"]
@@ -105,17 +104,11 @@ class Landscape:
 
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` file (no pickle) atomically: a temporary file beside it, then a rename."""
-        path = Path(path)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:  # a file object: np.savez appends no ".npz"
-                np.savez(handle, alphas=self.alphas, betas=self.betas, loss_original=self.loss_original,
-                         loss_augmented=self.loss_augmented, directions=np.array(self.directions),
-                         span=np.array(self.span), cosine=np.array(self.cosine))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, fsync=False) as temporary, temporary.open("wb") as handle:
+            # a file object: np.savez appends no ".npz"
+            np.savez(handle, alphas=self.alphas, betas=self.betas, loss_original=self.loss_original,
+                     loss_augmented=self.loss_augmented, directions=np.array(self.directions),
+                     span=np.array(self.span), cosine=np.array(self.cosine))
 
     @classmethod
     def load(cls, path: str | Path) -> Landscape:
@@ -197,7 +190,7 @@ def _path_gradient(model: nn.Module, params: list[nn.Parameter], inputs: Tensor,
     denominator = 0.0
     with torch.enable_grad():
         for start in range(0, len(labels), batch_size):
-            numerator, den = loss(_logits_of(model(inputs[start:start + batch_size])),
+            numerator, den = loss(logits_of(model(inputs[start:start + batch_size])),
                                   labels[start:start + batch_size])
             denominator += float(den)
             if not numerator.requires_grad:
@@ -289,7 +282,7 @@ def _path_loss(model: nn.Module, inputs: Tensor, labels: Tensor, loss: PathLoss,
     numerator = torch.zeros((), dtype=torch.float64, device=labels.device)
     denominator = torch.zeros((), dtype=torch.float64, device=labels.device)
     for start in range(0, len(labels), batch_size):
-        num, den = loss(_logits_of(model(inputs[start:start + batch_size])), labels[start:start + batch_size])
+        num, den = loss(logits_of(model(inputs[start:start + batch_size])), labels[start:start + batch_size])
         numerator += num.detach().double()
         denominator += torch.as_tensor(den).detach().double().to(labels.device)
     num_value, den_value = float(numerator), float(denominator)
@@ -309,11 +302,6 @@ def _check_inputs(original: Tensor, augmented: Tensor, labels: Tensor, batch_siz
             raise ValueError(f"{name} inputs must have {len(labels)} rows to match labels, "
                              f"got shape {tuple(inputs.shape)}")
     return original, augmented, labels.long()
-
-
-def _logits_of(output: Tensor | tuple[Tensor, ...]) -> Tensor:
-    """Models return logits, or ``(embedding, logits)``."""
-    return output[-1] if isinstance(output, (tuple, list)) else output
 
 
 def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -405,14 +393,8 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
             colorbar.minorticks_off()
         if title:
             figure.suptitle(title)
-        fd, temporary = tempfile.mkstemp(dir=path_png.parent, prefix=path_png.name + ".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                figure.savefig(handle, format="png", dpi=120)
-            os.replace(temporary, path_png)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path_png, fsync=False) as temporary:
+            figure.savefig(temporary, format="png", dpi=120)
     finally:
         figure.clear()
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, stdev
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import norm
 
+from dpda.atomic import atomic_path, write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
@@ -126,7 +126,7 @@ def write_report(runs: Sequence[Path], out: Path) -> Path:
         for run in entry.runs:
             lines += ["", *_run_section(run, out)]
     report = out / "report.md"
-    _atomic(report, lambda path: path.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report
 
 
@@ -423,22 +423,13 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, counted: bool = Fals
 
 def _save(figure: Figure, path: Path) -> str:
     """Render ``figure`` to ``path`` (PNG, Agg) atomically; the name to link from the report."""
-    _atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+    with atomic_path(path, fsync=False) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     return path.name
 
 
 # ------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _aligner(config: ExperimentConfig) -> str:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
+from dpda.dualpath.loss import logits_of
 
 #: How a score is read from the two logits (index 1 = bona fide): the log-odds margin, or the
 #: bona fide logit alone (what the paper code writes).
@@ -40,7 +41,7 @@ def predict(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, list[str]]
         for audio, label, utt_ids in batches:
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 output = model(audio.to(device, non_blocking=True))
-            output = output[1] if isinstance(output, tuple) else output
+            output = logits_of(output)
             logits.append(output.float().cpu())
             labels.append(label)
             ids += utt_ids

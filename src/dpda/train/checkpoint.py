@@ -23,9 +23,7 @@ import math
 import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from dpda.atomic import atomic_path, fsync_path
 
 __all__ = ["BestCheckpoints", "CheckpointError", "average_weights", "capture_rng", "check_architecture", "flatten",
            "load_state", "load_weights", "restore_rng", "save_state", "save_weights", "unflatten"]
@@ -53,31 +53,6 @@ class CheckpointError(ValueError):
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` for the caller to write; fsynced and renamed onto ``path``
-    on success, removed on failure, so ``path`` only ever names a complete file."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
 def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """CPU, contiguous, one storage each: safetensors refuses tensors sharing memory (tied weights,
     views of one buffer), so a tensor whose storage was already seen is cloned."""
@@ -101,9 +76,9 @@ def _write(path: Path, tensors: Mapping[str, Tensor], document: Mapping[str, Any
     prepared = _prepare(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").unlink(missing_ok=True)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file(prepared, tmp, metadata={"dpda": text})
-    with _atomic(path.with_suffix(".json")) as tmp:
+    with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
 
 
@@ -314,7 +289,7 @@ def save_state(folder: Path, state: Mapping[str, Any]) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
 
 
 def load_state(folder: Path) -> dict[str, Any]:

@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dpda.atomic import atomic_path
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -245,15 +247,11 @@ def _cell(value: Any) -> str:
 
 def _write_rows(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
     """Replace ``path`` with ``header`` and ``rows`` (padded to the header's width) atomically."""
-    temporary = path.with_name(path.name + ".tmp")
     width = len(header)
-    with open(temporary, "w", newline="", encoding="utf-8") as file:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csvlib.writer(file)
         writer.writerow(header)
         writer.writerows(row + [""] * (width - len(row)) for row in rows)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 class _CsvTable:
