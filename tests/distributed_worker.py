@@ -46,6 +46,7 @@ def main(out_dir: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     for mode, aligner in CONFIGS:
         save_file(train(mode, aligner, rank, world), out_dir / f"{mode}_{aligner}_rank{rank}.safetensors")
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 

@@ -288,6 +288,7 @@ def _train(args: argparse.Namespace) -> int:
     from dpda.config import ConfigError, load_config
     from dpda.train import TrainingError, train, train_seeds
     from dpda.train.checkpoint import CheckpointError
+    from dpda.train.trainer import shutdown_distributed
 
     try:
         if args.resume:
@@ -302,6 +303,7 @@ def _train(args: argparse.Namespace) -> int:
                 train_seeds(config, args.seeds)
             else:
                 train(config)
+        shutdown_distributed()
     except (ConfigError, TrainingError, CheckpointError) as error:
         print(f"dpda train: {error}", file=sys.stderr)
         return 2
