@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dpda.align.base import Aligner, MeanAligner, SumAligner
-from dpda.align.cagrad import CAGrad
+from dpda.align.cagrad import CAGrad, CAGradExact
 from dpda.align.gradvac import GradVac
 from dpda.align.gram import combine_, gram_from_products, pairwise_products
 from dpda.align.pcgrad import PCGrad
@@ -18,6 +18,7 @@ ALIGNERS: dict[str, Callable[..., Aligner]] = {
     "pcgrad": PCGrad,
     "gradvac": GradVac,
     "cagrad": CAGrad,
+    "cagrad_exact": CAGradExact,
     **TORCHJD_ALIGNERS,
 }
 
@@ -28,7 +29,8 @@ SUMMARIES: dict[str, str] = {
     "sum": "the sum of the two path gradients",
     "pcgrad": "PCGrad, projection of conflicting gradients, mean reduction (paper)",
     "gradvac": "GradVac, EMA cosine target (paper); beta=0.5",
-    "cagrad": "CAGrad, conflict-averse direction, exact solution (paper); c=0.5",
+    "cagrad": "CAGrad, conflict-averse direction, the paper code's SLSQP solve (paper); c=0.5",
+    "cagrad_exact": "CAGrad's objective solved exactly (closed form; differs from the paper's solver at small gradients); c=0.5",
     "mgda": "MGDA, min-norm point of the convex hull (torchjd); epsilon=0.001, max_iters=100",
     "upgrad": "UPGrad, projection onto the dual cone (torchjd); pref_vector=None",
     "dualproj": "DualProj, dual-cone projection of the mean (torchjd); pref_vector=None",
@@ -57,6 +59,7 @@ __all__ = [
     "ALIGNERS",
     "Aligner",
     "CAGrad",
+    "CAGradExact",
     "GradVac",
     "MeanAligner",
     "PCGrad",
