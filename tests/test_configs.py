@@ -85,6 +85,13 @@ PAPER_SETTINGS = {
     "eval.score": "bonafide_logit",
     "eval.max_seconds": 4.175,
 }
+#: The front-end as the paper code runs fairseq's xlsr2_300m.pt (the values of its saved config).
+PAPER_SSL = {
+    "source": "facebook/wav2vec2-xls-r-300m", "layer": "last", "freeze": False, "normalize": False,
+    "feature_grad_mult": 1.0,
+    "config_overrides": {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+                         "feat_proj_dropout": 0.0, "layerdrop": 0.0, "mask_time_prob": 0.0, "mask_feature_prob": 0.0},
+}
 ALIGNER_OF_COLUMN = {"dpda": "mean", "pcgrad": "pcgrad", "gradvac": "gradvac", "cagrad": "cagrad"}
 ALIGNER_OPTIONS = {"mean": {}, "pcgrad": {}, "gradvac": {"beta": 0.5}, "cagrad": {"c": 0.5}}
 EVAL_KINDS = ["asvspoof2021", "asvspoof2021", "in_the_wild", "for"]
@@ -201,7 +208,7 @@ def test_paper_config_matches_its_row(path):
 def test_paper_config_uses_the_reference_settings(path):
     config = load(path)
     assert {key: get(config, key) for key in PAPER_SETTINGS} == PAPER_SETTINGS
-    assert config.model["ssl"] == {"source": "facebook/wav2vec2-xls-r-300m", "layer": "last", "freeze": False}
+    assert config.model["ssl"] == PAPER_SSL
     assert (config.data.train.kind, config.data.dev.kind) == ("asvspoof2019", "asvspoof2019")
     assert config.data.train.protocol.endswith("ASVspoof2019.LA.cm.train.trn.txt")
     assert config.data.dev.protocol.endswith("ASVspoof2019.LA.cm.dev.trl.txt")

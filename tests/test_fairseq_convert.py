@@ -123,12 +123,14 @@ def test_hydra_cfg_checkpoint_converts_exactly(tmp_path):
     cfg = {"model": model_cfg(model), "task": {"_name": "audio_pretraining", "normalize": True, "sample_rate": 16000}}
     extra = {"val_loss": np.float64(2.5), "steps": np.arange(3), "metrics": {"loss": {"val": torch.tensor(1.0)}}}
     torch.save({"args": None, "cfg": cfg, "model": fairseq_names(model), "extra_state": extra}, src)
-    dst = convert_fairseq_checkpoint(src, tmp_path / "hf")
+    dst = convert_fairseq_checkpoint(src, tmp_path / "hf").folder
     config = json.loads((dst / "config.json").read_text())
     assert config["do_stable_layer_norm"] and config["feat_extract_norm"] == "layer"
     assert config["conv_stride"] == [5, 8, 8] and config["num_attention_heads"] == 2
     assert config["attention_dropout"] == 0.0 and config["layerdrop"] == 0.05
+    assert (config["mask_time_prob"], config["mask_feature_prob"], config["apply_spec_augment"]) == (0.0, 0.0, False)
     assert json.loads((dst / "preprocessor_config.json").read_text())["do_normalize"] is True
+    assert (dst / "conversion.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "xlsr.pt"]  # no temporary folder left
     assert_same_outputs(model, dst)
 
@@ -140,7 +142,7 @@ def test_args_namespace_legacy_file_converts_exactly(tmp_path):
     torch.save({"args": args, "model": fairseq_names(model)}, src, _use_new_zipfile_serialization=False)
     _, cfg = load_fairseq_checkpoint(src)
     assert cfg["arch"] == "wav2vec2" and isinstance(cfg, dict)
-    dst = convert_fairseq_checkpoint(src, tmp_path / "hf")
+    dst = convert_fairseq_checkpoint(src, tmp_path / "hf").folder
     config = json.loads((dst / "config.json").read_text())
     assert not config["do_stable_layer_norm"] and config["feat_extract_norm"] == "group"
     assert not config["conv_bias"]
@@ -195,7 +197,57 @@ def test_released_sizes_without_cfg(layers, width, heads, layout):
                  "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "do_stable_layer_norm",
                  "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"):
         assert listed(getattr(derived, name)) == listed(getattr(config, name)), name
-    assert weights.keys() == model.state_dict().keys()
+    assert weights.keys() == model.state_dict().keys() - {"masked_spec_embed"}  # the mask embedding is dropped
+
+
+#: A saved configuration with values other than fairseq's defaults, and options that do not carry.
+UNUSUAL = {"dropout": 0.2, "attention_dropout": 0.15, "activation_dropout": 0.05, "dropout_input": 0.25,
+           "encoder_layerdrop": 0.1, "feature_grad_mult": 0.1, "dropout_features": 0.3, "mask_prob": 0.65,
+           "mask_channel_prob": 0.1, "quantize_targets": True, "latent_temp": [2.0, 0.5, 0.999995]}
+TRANSFORMERS_VALUES = {"hidden_dropout": 0.2, "attention_dropout": 0.15, "activation_dropout": 0.05,
+                       "feat_proj_dropout": 0.25, "layerdrop": 0.1, "mask_time_prob": 0.0,
+                       "mask_feature_prob": 0.0, "apply_spec_augment": False}
+
+
+@pytest.mark.parametrize("form", ["cfg", "args"])
+def test_every_saved_value_is_carried_or_reported(tmp_path, form, capsys):
+    from dpda.cli import main
+
+    model = random_model(XLSR_LIKE)
+    options = {**model_cfg(model), **UNUSUAL}
+    if form == "cfg":
+        options["made_up_option"] = 3
+        saved = {"cfg": {"model": options, "task": {"normalize": True, "sample_rate": 16000}}}
+    else:  # fairseq before hydra: one flat Namespace of model, task and training options
+        saved = {"args": argparse.Namespace(arch="wav2vec2", normalize=True, sample_rate=16000, lr=[5e-4], **options)}
+    torch.save({**saved, "model": fairseq_names(model)}, tmp_path / "src.pt")
+    assert main(["convert-fairseq", str(tmp_path / "src.pt"), str(tmp_path / "hf")]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert {k: config[k] for k in TRANSFORMERS_VALUES} == TRANSFORMERS_VALUES
+    report = json.loads((tmp_path / "hf" / "conversion.json").read_text())
+    assert report["frontend_options"] == {"feature_grad_mult": 0.1, "config_overrides": {"layerdrop": 0.1}}
+    assert report["task"]["normalize"] is True
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["do_normalize"] is True
+    not_carried = {"dropout_features", "mask_prob", "mask_channel_prob", "quantize_targets", "latent_temp"}
+    if form == "cfg":  # flat args also hold training options: only known model options are listed there
+        assert "not known" in report["not_carried"]["made_up_option"]["reason"]
+        not_carried.add("made_up_option")
+    assert set(report["not_carried"]) == not_carried
+    assert "mask=False" in report["not_carried"]["mask_prob"]["reason"]
+    assert "feature_grad_mult: 0.1" in printed and "not carried: dropout_features=0.3" in printed
+    # the folder runs with the carried dropouts; dpda's front-end still never masks
+    front_end = SSLFrontEnd(tmp_path / "hf", feature_grad_mult=0.1)
+    assert front_end.model.config.hidden_dropout == 0.2 and front_end.model.config.mask_time_prob == 0.0
+
+
+def test_fairseq_defaults_fill_a_config_without_the_values(tmp_path):
+    model = random_model(XLSR_LIKE)
+    options = {k: v for k, v in model_cfg(model).items() if k not in ("dropout", "attention_dropout", "encoder_layerdrop")}
+    torch.save({"cfg": {"model": options}, "model": fairseq_names(model)}, tmp_path / "src.pt")
+    report = convert_fairseq_checkpoint(tmp_path / "src.pt", tmp_path / "hf").report
+    assert report["carried"]["dropout"] == {"to": "hidden_dropout", "value": 0.1, "from": "fairseq default"}
+    assert report["frontend_options"]["feature_grad_mult"] == 1.0 and report["task"]["normalize"] is False
 
 
 def test_unmapped_and_missing_keys_are_listed():

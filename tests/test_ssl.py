@@ -90,15 +90,82 @@ def test_fine_tuning_defaults_disable_masking_and_layerdrop():
         SSLFrontEnd.tiny(config_overrides={"mask_time_probability": 0.1})
 
 
-def test_normalize_is_per_utterance_zero_mean_unit_variance():
+def test_normalize_is_fairseqs_per_utterance_layer_norm():
     front_end = SSLFrontEnd.tiny(normalize=True).eval()
     x = wave()
     with torch.no_grad():
         torch.testing.assert_close(front_end(3.0 * x + 0.5), front_end(x), atol=1e-4, rtol=1e-4)
         raw = SSLFrontEnd(front_end.model.config).eval()
         raw.model.load_state_dict(front_end.model.state_dict())
-        normalized = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-7)
+        normalized = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-5)
         torch.testing.assert_close(front_end(x), raw(normalized))
+
+
+NO_DROPOUT = {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "feat_proj_dropout": 0.0}
+
+
+def test_by_default_the_model_sees_the_raw_waveform(tmp_path):
+    """No normalisation anywhere: the front-end's output is the bare transformers model's on the
+    same input, for x and for 3x + 0.1 alike (the folder's preprocessor config asks for
+    normalisation, and is not read)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(tiny_config("wav2vec2")).eval()
+    model.save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(tmp_path / "w2v")
+    front_end = SSLFrontEnd(tmp_path / "w2v").eval()
+    x = wave()
+    with torch.no_grad():
+        for inputs in (x, 3.0 * x + 0.1):
+            torch.testing.assert_close(front_end(inputs), model(inputs).last_hidden_state, atol=1e-5, rtol=0)
+        assert not torch.allclose(front_end(3.0 * x + 0.1), front_end(x), atol=1e-3)
+
+
+def test_no_masking_in_train_mode_even_when_the_loaded_config_masks(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config("wav2vec2", mask_time_prob=0.5, mask_time_length=2, mask_feature_prob=0.5,
+                         layerdrop=0.5, **NO_DROPOUT)
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "masking")
+    x = wave()
+    bare = Wav2Vec2Model.from_pretrained(tmp_path / "masking").train()
+    assert not torch.equal(bare(x).last_hidden_state, bare(x).last_hidden_state)  # it would mask
+    front_end = SSLFrontEnd(tmp_path / "masking").train()
+    first, second = front_end(x), front_end(x)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    torch.testing.assert_close(first, front_end.eval()(x), atol=1e-6, rtol=0)
+
+
+def test_dropout_and_layerdrop_overrides_are_applied():
+    front_end = SSLFrontEnd.tiny(config_overrides={**NO_DROPOUT, "layerdrop": 0.3})
+    config = front_end.model.config
+    assert {k: getattr(config, k) for k in NO_DROPOUT} == NO_DROPOUT and config.layerdrop == 0.3
+    assert {m.p for m in front_end.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+
+
+def feature_encoder_gradients(feature_grad_mult: float) -> tuple[dict, dict]:
+    """Gradients of the CNN feature encoder and of the rest, for one loss on fixed weights."""
+    torch.manual_seed(0)
+    front_end = SSLFrontEnd.tiny(feature_grad_mult=feature_grad_mult).eval()
+    front_end(wave()).square().mean().backward()
+    cnn, rest = {}, {}
+    for name, p in front_end.model.named_parameters():
+        (cnn if name.startswith("feature_extractor.") else rest)[name] = p.grad
+    return cnn, rest
+
+
+def test_feature_grad_mult_scales_the_feature_encoders_gradient():
+    cnn, rest = feature_encoder_gradients(1.0)
+    scaled_cnn, scaled_rest = feature_encoder_gradients(0.1)
+    for name, grad in cnn.items():
+        torch.testing.assert_close(scaled_cnn[name], 0.1 * grad, msg=name)
+    for name, grad in rest.items():
+        torch.testing.assert_close(scaled_rest[name], grad, msg=name)
+    cut_cnn, cut_rest = feature_encoder_gradients(0.0)
+    assert all(g is None for g in cut_cnn.values()) and all(g is not None for g in cut_rest.values())
+    for bad in (-1.0, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="feature_grad_mult"):
+            SSLFrontEnd.tiny(feature_grad_mult=bad)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -359,11 +359,11 @@ def _convert_fairseq(args: argparse.Namespace) -> int:
     from dpda.models.fairseq_convert import convert_fairseq_checkpoint
 
     try:
-        folder = convert_fairseq_checkpoint(args.source, args.destination)
+        conversion = convert_fairseq_checkpoint(args.source, args.destination)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"dpda convert-fairseq: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {folder}")
+    print(conversion.summary())
     return 0
 
 

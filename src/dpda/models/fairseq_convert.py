@@ -16,6 +16,12 @@ pre-training model (quantizer, projection heads) are dropped, and any other fair
 model weight left unfilled, is an error listing all of them. Sizes come from the tensor shapes;
 what shapes cannot tell (attention heads, strides, pre- or post-norm) comes from the checkpoint's
 ``cfg``/``args``, with the standard wav2vec 2.0 values when those are missing.
+
+Configuration (``conversion_report``): every option of the checkpoint's model configuration is
+accounted for, as fairseq builds its model from it. Dropouts and LayerDrop go into the
+transformers config (``DROPOUTS``); ``feature_grad_mult``, which transformers lacks, becomes the
+``SSLFrontEnd`` keyword of that name; masking is off (the paper calls the model with
+``mask=False``); what is not carried is listed with the reason in the folder's ``conversion.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import ast
 import codecs
 import collections
+import json
 import os
 import pickletools
 import re
@@ -30,6 +37,7 @@ import shutil
 import uuid
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -218,7 +226,6 @@ RULES: list[tuple[re.Pattern[str], str]] = [
          r"feature_extractor.conv_layers.\1.layer_norm.\2"),
         (r"layer_norm\.(weight|bias)", r"feature_projection.layer_norm.\1"),
         (r"post_extract_proj\.(weight|bias)", r"feature_projection.projection.\1"),
-        (r"mask_emb", "masked_spec_embed"),
         (r"encoder\.pos_conv\.0\.bias", f"{_POS}.bias"),
         (r"encoder\.pos_conv\.0\.(?:weight_g|parametrizations\.weight\.original0)",
          f"{_POS}.parametrizations.weight.original0"),
@@ -233,9 +240,10 @@ RULES: list[tuple[re.Pattern[str], str]] = [
     ]
 ]
 
-#: Parts of the pre-training model that the encoder does not use.
+#: Parts of the pre-training model that the encoder does not use (``mask_emb`` replaces masked
+#: frames, and the front-end never masks: see ``NOT_CARRIED``).
 TRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.", "label_embs_concat", "input_quantizer.",
-                 "project_inp.", "target_glu.")
+                 "project_inp.", "target_glu.", "mask_emb")
 
 
 def rename_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
@@ -275,7 +283,11 @@ HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16, 1920: 16}
 #: fairseq ``activation_fn`` -> transformers ``hidden_act``.
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new"}
 
-#: fairseq option -> (transformers option, fairseq's default).
+#: fairseq option -> (transformers option, fairseq's default). The same places on both sides:
+#: ``dropout`` after the positional convolution and on both residual branches of every layer
+#: (transformers' ``hidden_dropout``), ``attention_dropout`` on the attention weights,
+#: ``activation_dropout`` after the FFN activation, ``dropout_input`` after the feature projection
+#: (``feat_proj_dropout``), ``encoder_layerdrop`` the probability of skipping a layer in training.
 DROPOUTS = {
     "dropout": ("hidden_dropout", 0.1),
     "attention_dropout": ("attention_dropout", 0.1),
@@ -283,6 +295,43 @@ DROPOUTS = {
     "dropout_input": ("feat_proj_dropout", 0.0),
     "encoder_layerdrop": ("layerdrop", 0.0),
 }
+
+#: fairseq options that shape the encoder -> the transformers options they become (the values
+#: come from the tensors; a config that disagrees with them is refused).
+STRUCTURE = {
+    "extractor_mode": "feat_extract_norm", "conv_feature_layers": "conv_dim, conv_kernel, conv_stride",
+    "conv_bias": "conv_bias", "encoder_layers": "num_hidden_layers", "encoder_embed_dim": "hidden_size",
+    "encoder_ffn_embed_dim": "intermediate_size", "encoder_attention_heads": "num_attention_heads",
+    "activation_fn": "hidden_act", "layer_norm_first": "do_stable_layer_norm", "conv_pos": "num_conv_pos_embeddings",
+    "conv_pos_groups": "num_conv_pos_embedding_groups", "layer_type": "(only 'transformer' converts)",
+}
+
+#: fairseq options that transformers has no field for, carried as ``SSLFrontEnd`` keywords of
+#: the same name: option -> fairseq's default. ``feature_grad_mult`` scales the gradient that
+#: reaches the CNN feature encoder (0: none reaches it).
+FRONTEND_OPTIONS = {"feature_grad_mult": 1.0}
+
+_MASKING = ("masking of pre-training; the paper calls the model with mask=False, so the written config "
+            "masks nothing (mask_time_prob = mask_feature_prob = 0, apply_spec_augment = false)")
+_OBJECTIVE = "the pre-training objective (quantizer, targets, negatives) only; no effect on the encoder output"
+_TRAINING = "a memory or speed setting of fairseq training (dpda: model.ssl.gradient_checkpointing)"
+
+#: Why the other model options are not carried: option name or name prefix -> reason.
+NOT_CARRIED = {
+    "mask_": _MASKING, "no_mask_": _MASKING, "require_same_masks": _MASKING,
+    "dropout_features": "dropout on the pre-training targets only; no effect on the encoder output",
+    "final_dim": _OBJECTIVE, "logit_temp": _OBJECTIVE, "quantize_": _OBJECTIVE, "same_quantizer": _OBJECTIVE,
+    "target_glu": _OBJECTIVE, "latent_": _OBJECTIVE, "num_negatives": _OBJECTIVE, "negatives_from_everywhere":
+    _OBJECTIVE, "cross_sample_negatives": _OBJECTIVE, "codebook_negatives": _OBJECTIVE, "quantizer_": _OBJECTIVE,
+    "checkpoint_activations": _TRAINING, "offload_activations": _TRAINING, "min_params_to_wrap": _TRAINING,
+    "fp16": _TRAINING,
+    "required_seq_len_multiple": "fairseq pads the frames to this multiple and masks the padding: the same output",
+    "crop_seq_to_multiple": "fairseq drops the last frames down to a multiple of this (1: none); transformers "
+                            "keeps every frame",
+    "pos_conv_depth": "positional convolution layers; only 1 exists in transformers (other depths do not map)",
+    "max_positions": "not read by the convolutional positional embedding",
+}
+_UNKNOWN = "not known to this converter: check that it does not change the encoder"
 
 
 def model_options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -372,10 +421,51 @@ def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wa
         # fairseq's layer_norm_first is transformers' stable layer norm; without a config, the
         # released models have it exactly when their feature encoder uses layer norm (XLS-R)
         do_stable_layer_norm=bool(options.get("layer_norm_first", sizes["feat_extract_norm"] == "layer")),
-        # the mask embedding exists only where masking is configured
-        mask_time_prob=0.05 if "masked_spec_embed" in state else 0.0,
+        # never masks: fairseq's model is called with mask=False (see NOT_CARRIED)
+        apply_spec_augment=False,
+        mask_time_prob=0.0,
+        mask_feature_prob=0.0,
         **{hf: options.get(fs, default) for fs, (hf, default) in DROPOUTS.items()},
     )
+
+
+def conversion_report(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Where each option of the checkpoint's configuration went: ``carried`` into the transformers
+    config (fairseq name -> transformers name and value; fairseq's default where the
+    configuration has none), ``frontend_options`` (``SSLFrontEnd`` keywords that run the model as
+    fairseq does), ``task`` (input normalisation and sample rate) and ``not_carried`` (name ->
+    value and reason). With the flat legacy ``args`` only the known model options are listed:
+    there they sit among the training options."""
+    options = model_options(cfg)
+    hydra = isinstance(dict(cfg or {}).get("model"), Mapping)
+    carried = {fs: {"to": hf, "value": options.get(fs, default), "from": "cfg" if fs in options else "fairseq default"}
+               for fs, (hf, default) in DROPOUTS.items()}
+    carried.update({fs: {"to": hf, "value": options[fs], "from": "cfg"} for fs, hf in STRUCTURE.items() if fs in options})
+    frontend = {name: options.get(name, default) for name, default in FRONTEND_OPTIONS.items()}
+    frontend["config_overrides"] = {"layerdrop": carried["encoder_layerdrop"]["value"]}  # dpda's default is 0
+    not_carried = {}
+    for name, value in options.items():
+        if name in carried or name in FRONTEND_OPTIONS or name.startswith("_"):  # "_name": the model class
+            continue
+        reason = next((why for key, why in NOT_CARRIED.items()
+                       if name == key or (key.endswith("_") and name.startswith(key))), None)
+        if reason is not None or hydra:
+            not_carried[name] = {"value": value, "reason": reason or _UNKNOWN}
+    task = task_options(cfg)
+    normalize = bool(task.get("normalize", False))
+    return {
+        "carried": carried,
+        "frontend_options": frontend,
+        "task": {
+            "normalize": normalize,
+            "sample_rate": int(task.get("sample_rate", 16000)),
+            "note": "pre-training " + ("normalised" if normalize else "did not normalise") + " each waveform "
+                    "(fairseq's data loader, not the model, does it); preprocessor_config.json records it as "
+                    "do_normalize for transformers' feature extractor. dpda's front-end never reads that file "
+                    "and normalises only with model.ssl.normalize: true; the paper code feeds raw waveforms.",
+        },
+        "not_carried": not_carried,
+    }
 
 
 def _check_options(sizes: Mapping[str, Any], options: Mapping[str, Any]) -> None:
@@ -426,12 +516,37 @@ def fairseq_to_transformers(
 # Files
 
 
+#: The report of a conversion, written beside the transformers config.
+REPORT_NAME = "conversion.json"
+
+
+@dataclass(frozen=True)
+class FairseqConversion:
+    """A written folder and ``conversion_report`` of the checkpoint it came from."""
+
+    folder: Path
+    report: dict[str, Any]
+
+    def summary(self) -> str:
+        """What was carried and what was not, for a person reading the command's output."""
+        carried = ", ".join(f"{e['to']}={e['value']}" for fs, e in self.report["carried"].items() if fs in DROPOUTS)
+        options = ", ".join(f"{k}: {v}" for k, v in self.report["frontend_options"].items())
+        lines = [f"wrote {self.folder}", f"carried: {carried}",
+                 f"to train it as fairseq runs it, give model.ssl {{{options}}}",
+                 f"input normalisation in pre-training: {self.report['task']['normalize']} (dpda's front-end "
+                 "normalises only with model.ssl.normalize: true)"]
+        lines += [f"not carried: {name}={entry['value']!r}: {entry['reason']}"
+                  for name, entry in self.report["not_carried"].items()]
+        return "\n".join(lines + [f"details: {self.folder / REPORT_NAME}"])
+
+
 def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os.PathLike[str],
-                               *, prefix: str = "") -> Path:
+                               *, prefix: str = "") -> FairseqConversion:
     """Write ``src`` (a fairseq checkpoint, or a state dict whose encoder sits under ``prefix``)
-    as a ``save_pretrained`` folder loadable by ``SSLFrontEnd``; float32 weights, plus a
-    preprocessor config whose ``do_normalize`` is the checkpoint's ``task.normalize``. The folder
-    appears complete or not at all (written beside it, then renamed); an existing one is kept."""
+    as a ``save_pretrained`` folder loadable by ``SSLFrontEnd``: float32 weights, a
+    preprocessor config whose ``do_normalize`` is the checkpoint's ``task.normalize``, and
+    ``conversion.json`` (``conversion_report``). The folder appears complete or not at all
+    (written beside it, then renamed); an existing one is kept."""
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     dst = Path(dst_folder)
@@ -439,14 +554,14 @@ def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os
         raise FileExistsError(f"{dst} exists; remove it or pick another folder")
     state, cfg = load_fairseq_checkpoint(src)
     config, weights = fairseq_to_transformers(state, cfg, prefix=prefix)
+    report = {"source": Path(src).name, **conversion_report(cfg)}
     model = Wav2Vec2Model(config)
     model.load_state_dict(weights, strict=True)
-    task = task_options(cfg)
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1,
-        sampling_rate=int(task.get("sample_rate", 16000)),
+        sampling_rate=report["task"]["sample_rate"],
         padding_value=0.0,
-        do_normalize=bool(task.get("normalize", False)),
+        do_normalize=report["task"]["normalize"],
         return_attention_mask=config.feat_extract_norm == "layer",
     )
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")  # beside it: the rename stays atomic
@@ -454,8 +569,9 @@ def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os
     try:
         model.save_pretrained(tmp)
         extractor.save_pretrained(tmp)
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dst
+    return FairseqConversion(dst, report)

@@ -21,8 +21,6 @@ from dpda.models.ssl import SSLFrontEnd
 
 SSL_PREFIX = "ssl_model."
 FAIRSEQ_PREFIX = "ssl_model.model."
-#: Front-end weights of a fairseq checkpoint that a fine-tuning front-end (no masking) lacks.
-UNUSED_FRONTEND_KEYS = frozenset({"masked_spec_embed"})
 
 
 def paper_model(name: str, state: Mapping[str, Tensor], ssl_options: Mapping[str, Any] | None = None) -> SSLDetector:
@@ -41,7 +39,7 @@ def paper_model(name: str, state: Mapping[str, Tensor], ssl_options: Mapping[str
     stray = sorted(k for k in state if k.startswith(SSL_PREFIX) and not k.startswith(FAIRSEQ_PREFIX))
     frontend = SSLFrontEnd(config)
     model = SSLDetector(frontend, _load(SSL_BACKENDS[name])(ssl_dim=frontend.output_dim))
-    converted = {f"ssl.model.{k}": v for k, v in ssl_state.items() if k not in UNUSED_FRONTEND_KEYS}
+    converted = {f"ssl.model.{k}": v for k, v in ssl_state.items()}
     converted.update({f"backend.{k}": v for k, v in state.items() if not k.startswith(SSL_PREFIX)})
     expected = model.state_dict()
     unexpected = stray + sorted(set(converted) - set(expected))

@@ -2,20 +2,26 @@
 Hugging Face ``transformers`` model; waveform (B, T) at 16 kHz in, frames (B, frames, hidden) out.
 
 The defaults reproduce how the paper code (SSL_Anti-spoofing, fine-tuning fairseq's XLS-R 300M)
-uses the model:
+uses the model, ``model(x, mask=False, features_only=True)["x"]``:
 
-- ``normalize=False``: the waveform goes in as read, as the paper feeds it to fairseq's model.
-  ``normalize=True`` applies transformers' ``Wav2Vec2FeatureExtractor`` normalisation
-  (``do_normalize``: per utterance zero mean, unit variance, eps 1e-7), as transformers' XLS-R
-  preprocessor configs ask for; a folder written by ``fairseq_convert`` records the checkpoint's
-  own ``task.normalize`` in its ``preprocessor_config.json``. Consider it for a frozen model.
-- no masking and no LayerDrop (``FINE_TUNE_DEFAULTS``): the paper calls fairseq's model with
-  ``mask=False``, so transformers' SpecAugment-style masking (``mask_time_prob``,
-  ``mask_feature_prob``) is off, and every layer runs in every step (``layerdrop=0``), which also
-  keeps both dual-path passes on the same depth. Dropout rates stay as the checkpoint's config
-  has them (fairseq's defaults: 0.1 on hidden states and attention weights). ``config_overrides``
-  changes any of these.
+- ``normalize=False``: the waveform goes in as read, as the paper feeds it to fairseq's model
+  (fairseq's model never normalises; its data loader does when a task says ``normalize``).
+  Nothing else normalises: a folder's ``preprocessor_config.json`` is never read.
+  ``normalize=True`` does what fairseq's loader does then: per utterance zero mean and unit
+  variance (``layer_norm`` over the samples, eps 1e-5).
+- no masking (``FINE_TUNE_DEFAULTS``): ``mask=False`` in the paper, so transformers'
+  SpecAugment-style masking (``mask_time_prob``, ``mask_feature_prob``, applied in train mode) is
+  off whatever the loaded config says, unless ``config_overrides`` asks for it; and every layer
+  runs in every step (``layerdrop=0``, xlsr2_300m's value), which also keeps both dual-path
+  passes on the same depth.
+- dropouts: as the loaded config has them. fairseq builds the model from the checkpoint's saved
+  configuration; a folder written by ``fairseq_convert`` carries those values, a hub config has
+  its own, so a config that must match the paper states them in ``config_overrides``.
+- ``feature_grad_mult`` (fairseq's option of that name, which transformers lacks): the gradient
+  that reaches the CNN feature encoder is multiplied by it; 0 sends none (the encoder's weights
+  get no gradient), 1 (xlsr2_300m's value) changes nothing.
 
+``config_overrides`` sets any transformers config value (dropouts, ``layerdrop``, masking).
 A frozen front-end (``freeze=True``) gets no gradients and stays in eval mode whatever
 ``train()`` says, so its features are deterministic; it runs under ``torch.no_grad``. The
 learned layer weights of ``layer="weighted"`` are trained in either case.
@@ -25,12 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -62,8 +70,18 @@ TINY_SIZES: dict[str, Any] = {
 #: Wav2vec 2.0's tiny model is XLS-R-like: layer-norm feature encoder, pre-norm transformer.
 _XLSR_LAYOUT: dict[str, Any] = {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True}
 
-#: transformers' ``Wav2Vec2FeatureExtractor`` adds this to the variance when it normalises.
-_NORMALIZE_EPS = 1e-7
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``scale`` (fairseq's ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
 
 
 def _model_class(model_type: str) -> type[PreTrainedModel]:
@@ -173,11 +191,15 @@ class SSLFrontEnd(nn.Module):
         freeze: bool = False,
         normalize: bool = False,
         gradient_checkpointing: bool = False,
+        feature_grad_mult: float = 1.0,
         config_overrides: Mapping[str, Any] | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
     ) -> None:
         super().__init__()
+        number = isinstance(feature_grad_mult, (int, float)) and not isinstance(feature_grad_mult, bool)
+        if not number or not (math.isfinite(feature_grad_mult) and feature_grad_mult >= 0):
+            raise ValueError(f"feature_grad_mult must be a number >= 0, got {feature_grad_mult!r}")
         overrides = {**FINE_TUNE_DEFAULTS, **(config_overrides or {})}
         self.model = _load(source, overrides, revision, local_files_only)
         self.num_layers: int = self.model.config.num_hidden_layers
@@ -185,12 +207,15 @@ class SSLFrontEnd(nn.Module):
         self.layer = self._check_layer(layer)
         self.freeze = freeze
         self.normalize = normalize
+        self.feature_grad_mult = float(feature_grad_mult)
         self.layer_weights = nn.Parameter(torch.zeros(self.num_layers + 1)) if layer == "weighted" else None
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
         if gradient_checkpointing:
             _enable_checkpointing(self.model)
+        if self.feature_grad_mult != 1.0:
+            self.model.feature_extractor.register_forward_hook(self._scale_feature_gradient)
 
     @classmethod
     def tiny(
@@ -217,15 +242,19 @@ class SSLFrontEnd(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"expected a (batch, samples) waveform, got shape {tuple(x.shape)}")
         if self.normalize:
-            mean = x.mean(dim=1, keepdim=True)
-            var = x.var(dim=1, keepdim=True, unbiased=False)
-            x = (x - mean) / torch.sqrt(var + _NORMALIZE_EPS)
+            x = F.layer_norm(x, x.shape[1:])
         with torch.no_grad() if self.freeze else contextlib.nullcontext():
             hidden = self._hidden_states(x)
         if self.layer_weights is None:
             return hidden
         weights = torch.softmax(self.layer_weights, dim=0).to(hidden.dtype)
         return torch.einsum("l,lbtc->btc", weights, hidden)
+
+    def _scale_feature_gradient(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        """The CNN features with their gradient scaled by ``feature_grad_mult`` (cut at 0)."""
+        if self.feature_grad_mult == 0:
+            return output.detach()
+        return _GradScale.apply(output, self.feature_grad_mult)
 
     def _hidden_states(self, x: Tensor) -> Tensor:
         """The selected hidden state (B, frames, hidden), or all L + 1 stacked for "weighted"."""
