@@ -78,10 +78,13 @@ def test_features_of_the_wrong_shape_are_rejected(cls):
 
 def test_default_conformer_tcm_has_the_paper_size():
     model = ConformerTCMBackEnd()
-    # LL 147,600 + first_bn 2 + 4 blocks x 558,648 + class token 144 + fc5 290.
-    assert sum(p.numel() for p in model.parameters()) == 2_382_628
-    assert all(p.requires_grad for p in model.parameters())
-    assert model.conformer.positional_emb.shape == (1, 10000, 144)  # a buffer, not a parameter
+    # LL 147,600 + first_bn 2 + 4 blocks x 558,648 + class token 144 + fc5 290 (the paper code's
+    # nb_params, which counts trainable parameters only).
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2_382_628
+    # The positional table is the one frozen parameter, as in the paper code.
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == ["conformer.positional_emb"]
+    assert model.conformer.positional_emb.shape == (1, 10000, 144)
     block = model.conformer.encoder_blocks[0]
     assert sum(p.numel() for p in block.parameters()) == 558_648
     assert block.conv.net[4].conv.weight.shape == (288, 1, 31)
@@ -197,6 +200,8 @@ def test_every_parameter_receives_a_gradient(build):
     _, logits = model(features(3, 11))
     F.cross_entropy(logits, torch.tensor([0, 1, 1])).backward()
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         if not name.endswith(INVARIANT):
             assert p.grad.abs().sum() > 0, name
@@ -248,7 +253,7 @@ def test_inputs_longer_than_the_stored_table_get_positions_on_the_fly():
     model = small_conformer().eval()
     x = features(1, 12)
     expected = model(x)[1]
-    model.conformer.positional_emb = model.conformer.positional_emb[:, :8]
+    model.conformer.positional_emb = torch.nn.Parameter(model.conformer.positional_emb[:, :8], requires_grad=False)
     torch.testing.assert_close(model(x)[1], expected)
 
 

@@ -86,11 +86,20 @@ class AugmentConfig:
     chain: str | None = "configs/augment/rawboost_algo4.yaml"  # YAML chain file (dpda.augment.chain)
     inline: dict[str, Any] | None = None  # a chain mapping instead of a file (then chain: null)
     overrides: dict[str, Any] = field(default_factory=dict)  # chain option overrides, {"noise.p": 0.3}
+    order: Literal["crop_then_augment", "augment_then_crop"] = "crop_then_augment"  # augment the crop, or the
+    # whole decoded utterance before both copies are cropped (the paper code)
+    where: Literal["device", "loader"] = "device"  # batched on the training device, or per utterance in the
+    # loader workers (the paper code; needed by augment_then_crop, whose utterances differ in length)
 
     def __post_init__(self) -> None:
         if (self.chain is None) == (self.inline is None):
             raise ConfigError("chain", "give exactly one of augment.chain (a file) and augment.inline "
                                        "(a mapping); set the other to null")
+        if self.order == "augment_then_crop" and self.where != "loader":
+            raise ConfigError("where", "augment.order 'augment_then_crop' augments whole utterances of unequal "
+                                       "lengths, which the batched on-device augmentation cannot take; set "
+                                       "augment.where: loader (the paper code's place) or augment.order: "
+                                       "crop_then_augment")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ class DualPathConfig:
     class_weights: tuple[float, float] = (0.1, 0.9)  # cross-entropy weights of spoof (0), bona fide (1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast precision of forward passes
     max_grad_norm: float | None = None  # clip the combined gradient to this L2 norm; None: no clipping
+    zero_missing_grads: bool = False  # parameters without a gradient (frozen or unused) get a zero one, and
+    # the optimizer holds them, so its weight decay moves them (the paper code's aligners)
 
     def __post_init__(self) -> None:
         weights = self.class_weights
@@ -144,6 +155,9 @@ class TrainConfig:
     accumulation: int = 1  # micro-batches per optimizer step (batch_size % (accumulation x world) == 0)
     epochs: int = 100  # most epochs to train
     patience: int | None = 7  # epochs without dev-loss improvement before stopping; None: never stop early
+    dev_loss: Literal["pooled", "batch_mean"] = "pooled"  # the epoch criterion: one weighted CE over the dev
+    # set, or the mean over dev batches (protocol order) of each batch's weighted CE (the paper code)
+    dev_batch_size: int = 8  # utterances per dev batch of dev_loss: batch_mean (the paper code's 8)
     n_best: int = 5  # best checkpoints (by dev loss) kept and averaged into the final model
     max_steps_per_epoch: int | None = None  # cap on optimizer steps per epoch; None: the whole set
     save_every_steps: int | None = None  # training state saved every N optimizer steps too; None: at epoch ends
@@ -152,7 +166,7 @@ class TrainConfig:
     deterministic: bool = True  # deterministic kernels (slower, reproducible)
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "accumulation", "epochs", "n_best"):
+        for key in ("batch_size", "accumulation", "epochs", "n_best", "dev_batch_size"):
             _check(getattr(self, key) >= 1, key, "an int >= 1", getattr(self, key))
         for key in ("patience", "max_steps_per_epoch", "save_every_steps"):
             value = getattr(self, key)

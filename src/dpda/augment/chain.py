@@ -87,11 +87,12 @@ def apply_selected(augmentation: Augmentation, x: Tensor, selected: Tensor,
     index = selected.nonzero().squeeze(1)
     part = augmentation.augment(x[index], generator)
     audio = x.index_copy(0, index, part.audio.to(x.dtype))
-    return Augmented(audio, {key: _expand(value, index, x.shape[0]) for key, value in part.params.items()})
+    return Augmented(audio, {key: expand_rows(value, index, x.shape[0]) for key, value in part.params.items()})
 
 
-def _expand(values: Tensor, index: Tensor, batch: int) -> Tensor:
-    """Per-utterance values of the rows ``index``, filled up to ``batch`` rows with NaN/-1/False."""
+def expand_rows(values: Tensor, index: Tensor, batch: int) -> Tensor:
+    """Per-utterance values of the rows ``index``, filled up to ``batch`` rows with NaN/-1/False
+    (the mark of an utterance a stage did not run on)."""
     fill = math.nan if values.is_floating_point() else (False if values.dtype == torch.bool else -1)
     full = torch.full((batch, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
     return full.index_copy(0, index.to(values.device), values)

@@ -8,8 +8,9 @@ its workers prefetched), which is the position a checkpoint must store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +46,16 @@ class AudioDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, str]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
-        audio = load_audio(self.root / record.path, self.sample_rate)  # type: ignore[operator]
-        rng = np.random.default_rng([self.seed, epoch, index])
-        return fit_length(audio, self.length, self.crop, rng), record.label, record.utt_id
+        return self.fit(self.decode(index), epoch, index), record.label, record.utt_id
+
+    def decode(self, index: int) -> np.ndarray:
+        """Utterance ``index`` whole, as decoded (mono, at the sample rate)."""
+        return load_audio(self.root / self.records[index].path, self.sample_rate)  # type: ignore[operator]
+
+    def fit(self, audio: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        """``audio`` cropped or padded by the policy; the crop is keyed by (seed, epoch, index), so
+        an utterance and its augmented copy of the same length get the same window."""
+        return fit_length(audio, self.length, self.crop, np.random.default_rng([self.seed, epoch, index]))
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
@@ -92,11 +100,14 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class ResumableLoader:
-    """A DataLoader over a ``ResumableSampler`` whose position can be saved and restored."""
+    """A DataLoader over a ``ResumableSampler`` whose position can be saved and restored.
 
-    def __init__(self, dataset: AudioDataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+    Batches are ``collate_fn``'s (by default ``collate``'s); the utterance ids must be last."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  num_workers: int = 0, drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None, pin_memory: bool = False) -> None:
+                 world_size: int | None = None, pin_memory: bool = False,
+                 collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank,
@@ -106,7 +117,7 @@ class ResumableLoader:
         # The loader's own generator (worker seeds) keeps it from drawing from the global RNG
         # at each epoch, which would make a resumed run's dropout masks differ.
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+                                 collate_fn=collate_fn or collate, drop_last=drop_last, pin_memory=pin_memory,
                                  generator=torch.Generator().manual_seed(seed),
                                  persistent_workers=num_workers > 0)
         self.consumed = 0  # samples of this epoch handed out, resumed ones included
@@ -123,10 +134,10 @@ class ResumableLoader:
         remaining = len(self.sampler)
         return remaining // self.batch_size if self.drop_last else -(-remaining // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Any]:
         self.consumed = self.sampler.start
         for batch in self.loader:
-            self.consumed += len(batch[2])
+            self.consumed += len(batch[-1])
             yield batch
 
     def state_dict(self) -> dict[str, int]:

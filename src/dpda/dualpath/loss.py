@@ -49,3 +49,23 @@ class WeightedCrossEntropy:
 
     def __repr__(self) -> str:
         return f"WeightedCrossEntropy(weights={self.weights.tolist()})"
+
+
+def set_loss(loss: PathLoss, logits: Tensor, labels: Tensor, batch_size: int | None = None) -> float:
+    """The loss over a whole (dev) set, from its logits and labels in set order.
+
+    ``batch_size`` None: one pooled loss, ``sum numerator / sum denominator``. Otherwise the mean
+    over consecutive batches of ``batch_size`` of each batch's own loss, weighted by the number of
+    utterances in the batch: the paper code's dev loss (batches of 8 in protocol order). The two
+    differ because a batch's class weights normalise within the batch.
+    """
+    if batch_size is None:
+        numerator, denominator = loss(logits, labels)
+        return float(numerator / denominator)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    total = 0.0
+    for start in range(0, len(labels), batch_size):
+        numerator, denominator = loss(logits[start: start + batch_size], labels[start: start + batch_size])
+        total += float(numerator / denominator) * len(labels[start: start + batch_size])
+    return total / len(labels) if len(labels) else float("nan")

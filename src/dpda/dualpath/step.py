@@ -75,7 +75,13 @@ class DualPathStep:
 
     Under torch.distributed (do not wrap the model in DDP) both gradient sets are summed over
     ranks before alignment, so every rank computes the same update; parameters are broadcast
-    from rank 0 at construction.
+    from rank 0 at construction. Accumulated micro-batches give exactly the gradient of the whole
+    batch for models without BatchNorm; with BatchNorm each micro-batch is normalised by its own
+    statistics (and updates the running ones once per micro-batch), so they do not.
+
+    ``zero_missing_grads``: every parameter the optimizer holds that has no gradient at step
+    time gets a zero one, as the paper code's aligners hand the optimizer; Adam's weight decay
+    then moves frozen and unused parameters (e.g. Conformer-TCM's positional table).
 
     >>> import torch
     >>> from torch import nn
@@ -102,6 +108,7 @@ class DualPathStep:
         loss_scaler: LossScaler | None = None,
         process_group: dist.ProcessGroup | None = None,
         bucket_mb: float = 25.0,
+        zero_missing_grads: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -119,6 +126,7 @@ class DualPathStep:
         self.loss_scaler = (loss_scaler or LossScaler()) if precision == "fp16" else None
         self.process_group = process_group
         self.bucket_bytes = int(bucket_mb * 2**20)
+        self.zero_missing_grads = zero_missing_grads
         self.distributed = is_distributed(process_group)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
@@ -301,8 +309,13 @@ class DualPathStep:
         return min(1.0, self.max_grad_norm / (norm + 1e-6))
 
     def _optimizer_step(self) -> None:
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.zero_missing_grads:
+            for p in held:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         self.optimizer.step()
-        for p in self.params:
+        for p in held:
             p.grad = None
 
     def _skip(self, losses: dict[str, float]) -> StepStats:

@@ -12,8 +12,9 @@ part loads key by key once its ``ssl_model.`` entries are dropped. The back-end'
 
 * ``LL.{weight,bias}``: SSL dimension -> ``emb_size``
 * ``first_bn.{weight,bias,running_mean,running_var,num_batches_tracked}``: ``BatchNorm2d(1)``
-* ``conformer.positional_emb``: fixed sinusoidal table ``(1, 10000, emb_size)`` (a buffer here,
-  a frozen ``nn.Parameter`` in the reference code; the key is the same)
+* ``conformer.positional_emb``: fixed sinusoidal table ``(1, 10000, emb_size)``, a frozen
+  ``nn.Parameter`` as in the reference code: an optimizer that holds it only moves it by weight
+  decay on a zero gradient, which the paper's aligners hand it (``dualpath.zero_missing_grads``)
 * ``conformer.class_token`` ``(1, emb_size)``; ``conformer.fc5.{weight,bias}``: the classifier
 * ``conformer.encoder_blocks.<i>.`` followed by
 
@@ -204,7 +205,7 @@ class TCMConformer(nn.Module):
         n_encoders: int, dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.register_buffer("positional_emb", sinusoidal_positions(POSITION_TABLE_ROWS, emb_size))
+        self.positional_emb = nn.Parameter(sinusoidal_positions(POSITION_TABLE_ROWS, emb_size), requires_grad=False)
         self.class_token = nn.Parameter(torch.rand(1, emb_size))
         self.encoder_blocks = nn.ModuleList(
             ConformerBlock(emb_size, heads, ff_mult, exp_fac, kernel_size, dropout) for _ in range(n_encoders)

@@ -13,7 +13,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dpda.align import make_aligner
 from dpda.atomic import write_text_atomic
 from dpda.augment import build_chain, load_chain
+from dpda.augment.base import Augmented
 from dpda.augment.chain import AugmentationChain
 from dpda.config import (
     ExperimentConfig,
@@ -37,7 +40,7 @@ from dpda.config import (
 )
 from dpda.data import AudioDataset, ResumableLoader
 from dpda.data.dataset import collate
-from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy
+from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy, set_loss
 from dpda.dualpath.sync import broadcast_module_
 from dpda.evaluate import eer
 from dpda.evaluate.calibration import fit_calibration
@@ -55,6 +58,7 @@ from dpda.train.checkpoint import (
     save_weights,
 )
 from dpda.train.data import DataError, dataset_root, read_dataset
+from dpda.train.paired import PairedDataset, collate_pairs
 from dpda.train.logger import ConflictMeter, RunLogger, summarise_augmentation
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -196,9 +200,13 @@ class Trainer:
         except (ValueError, TypeError, OSError) as error:
             raise TrainingError(f"model: {error}") from error
         self.forward_model: nn.Module = torch.compile(self.model) if train.compile else self.model
-        self.chain = make_chain(config).to(self.device)
-        self.optimizer = make_optimizer(config.optim, [p for p in self.model.parameters() if p.requires_grad])
         dual = config.dualpath
+        self.chain = make_chain(config)
+        if config.augment.where == "device":
+            self.chain = self.chain.to(self.device)
+        held = [p for p in self.model.parameters() if p.requires_grad or dual.zero_missing_grads]
+        self.optimizer = make_optimizer(config.optim, held)
+        _warn_inexact_batchnorm(self.model, train.accumulation, self.ranks.world)
         try:
             aligner = make_aligner(dual.aligner, grouping=dual.grouping, **dual.aligner_options)
         except (ValueError, TypeError) as error:
@@ -206,14 +214,19 @@ class Trainer:
         self.engine = DualPathStep(
             self.forward_model, self.optimizer, aligner, loss=WeightedCrossEntropy(dual.class_weights),
             mode=dual.mode, precision=dual.precision, max_grad_norm=dual.max_grad_norm,
-            loss_scaler=LossScaler() if dual.precision == "fp16" else None)
+            loss_scaler=LossScaler() if dual.precision == "fp16" else None,
+            zero_missing_grads=dual.zero_missing_grads)
         self.augment_rng = torch.Generator(self.device).manual_seed(config.seed * 1_000_003 + self.ranks.rank)
         data = config.data
-        dataset = AudioDataset(self.train_records, dataset_root(data.train), length=data.crop_length,
-                               crop=data.crop_policy, sample_rate=data.sample_rate, seed=config.seed)
+        dataset: Dataset = AudioDataset(self.train_records, dataset_root(data.train), length=data.crop_length,
+                                        crop=data.crop_policy, sample_rate=data.sample_rate, seed=config.seed)
+        in_loader = config.augment.where == "loader"
+        if in_loader:
+            dataset = PairedDataset(dataset, self.chain, config.augment.order, config.seed)
         self.loader = ResumableLoader(dataset, self.micro_batch, shuffle=True, seed=config.seed,
                                       num_workers=data.workers, drop_last=True, rank=self.ranks.rank,
-                                      world_size=self.ranks.world, pin_memory=self.device.type == "cuda")
+                                      world_size=self.ranks.world, pin_memory=self.device.type == "cuda",
+                                      collate_fn=collate_pairs if in_loader else None)
         micro_batches = len(self.loader.sampler) // self.micro_batch
         self.steps_per_epoch = micro_batches // train.accumulation
         if train.max_steps_per_epoch:
@@ -262,9 +275,7 @@ class Trainer:
                    disable=not (config.logging.progress and self.ranks.main))
         started, utterances = time.monotonic(), 0
         micro = 0
-        for audio, labels, _ in self.loader:
-            audio, labels = audio.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            augmented = self.chain.augment(audio, self.augment_rng)
+        for audio, augmented, labels in self._batches():
             self.engine.accumulate(audio, augmented.audio, labels)
             micro += 1
             if micro < config.train.accumulation:
@@ -297,6 +308,20 @@ class Trainer:
                 break
         bar.close()
         self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.monotonic() - epoch_started
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, Augmented, torch.Tensor]]:
+        """The loader's batches on the device with their augmented copies, made on the device or
+        received from the loader workers (``augment.where``)."""
+        device = self.device
+        for batch in self.loader:
+            if self.config.augment.where == "loader":
+                audio, augmented_audio, labels, params, _ = batch
+                augmented = Augmented(augmented_audio.to(device, non_blocking=True), params)
+                yield audio.to(device, non_blocking=True), augmented, labels.to(device, non_blocking=True)
+            else:
+                audio, labels, _ = batch
+                audio = audio.to(device, non_blocking=True)
+                yield audio, self.chain.augment(audio, self.augment_rng), labels.to(device, non_blocking=True)
 
     def _end_epoch(self) -> None:
         progress, train = self.progress, self.config.train
@@ -332,12 +357,15 @@ class Trainer:
                   f"{' (best)' if improved else ''}", flush=True)
 
     def _dev_metrics(self, with_scores: bool = False) -> Any:
-        """Dev loss (the training loss, class weights included) and EER of the current weights."""
+        """Dev loss (the training loss, class weights included; pooled or per batch by
+        ``train.dev_loss``) and EER of the current weights."""
         data = self.config.data
         _, logits, labels = self._predict(self.dev_records, dataset_root(data.dev), data.crop_length, "head")
-        numerator, denominator = WeightedCrossEntropy(self.config.dualpath.class_weights)(logits, labels)
+        train = self.config.train
+        batch = train.dev_batch_size if train.dev_loss == "batch_mean" else None
+        loss = set_loss(WeightedCrossEntropy(self.config.dualpath.class_weights), logits, labels, batch)
         scores, labels = scores_from_logits(logits, self.config.eval.score).numpy(), labels.numpy()
-        metrics = {"dev_loss": float(numerator / denominator),
+        metrics = {"dev_loss": loss,
                    "dev_eer": float(eer(scores[labels == 1], scores[labels == 0])[0])}
         return (metrics, scores, labels) if with_scores else metrics
 
@@ -438,6 +466,17 @@ class Trainer:
         self.best.load_state_dict(state["best"])
         self.meter.load_state_dict(state["meter"])
         self.sums = dict(state["sums"])
+
+
+def _warn_inexact_batchnorm(model: nn.Module, accumulation: int, world: int) -> None:
+    """Micro-batches and ranks normalise with their own BatchNorm statistics, so the step is not
+    that of one batch of ``train.batch_size`` (everything else is exact): say so before training."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if (accumulation > 1 or world > 1) and any(isinstance(m, norms) for m in model.modules()):
+        warnings.warn(f"train.accumulation {accumulation} x {world} process(es) with a BatchNorm model: each "
+                      "micro-batch is normalised by its own statistics and updates the running ones once, so "
+                      "the step is not exactly that of one batch of train.batch_size (it is with accumulation 1 "
+                      "on one process)", stacklevel=3)
 
 
 def _pooled(history: list[dict[str, Any]]) -> dict[str, float]:
