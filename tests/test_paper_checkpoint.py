@@ -1,17 +1,27 @@
-"""The paper's released detectors (paper-code state dicts with fairseq SSL names) load into dpda."""
+"""The paper's released detectors (paper-code state dicts with fairseq SSL names) load into dpda,
+and `dpda convert-paper` makes dpda checkpoints of them; ``model.init`` starts a model from one."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from safetensors.torch import save_file
 from test_fairseq_convert import XLSR_LIKE, fairseq_names
 from transformers import Wav2Vec2Model
 
+from dpda.cli import main
+from dpda.models import build
 from dpda.models.detector import SSLDetector
 from dpda.models.fairseq_convert import STANDARD_CONV
 from dpda.models.paper_checkpoint import load_paper_checkpoint, paper_model
 from dpda.models.registry import SSL_BACKENDS, _load
 from dpda.models.ssl import SSLFrontEnd, tiny_config
+from dpda.train.checkpoint import load_weights
 
 HEADS = {"encoder_attention_heads": 2}  # the tiny width is not a released one, so say it
 
@@ -58,3 +68,125 @@ def test_keys_that_do_not_map_are_all_listed():
     assert "backend.conformer.fc5.weight" in message
     with pytest.raises(ValueError, match="valid: xlsr_aasist"):
         paper_model("conformer", state)
+
+
+# ---------------------------------------------------------------------------------------------
+# dpda convert-paper: the paper code's real back-ends (../shared/reference) on a fake XLS-R that is
+# 1024 wide like the real one but has one layer and a thin feature encoder, so the test is fast.
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_checkpoints"
+SAMPLES = 66800  # what the paper code scores: no crop or padding on the way
+FAKE_XLSR = {**XLSR_LIKE, "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 16,
+             "intermediate_size": 64, "conv_dim": [8] * len(STANDARD_CONV),
+             "conv_kernel": [k for _, k, _ in STANDARD_CONV], "conv_stride": [s for _, _, s in STANDARD_CONV],
+             "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 16, "mask_time_prob": 0.05}
+
+
+def reference_backend(name: str) -> dict[str, list[int]]:
+    """Names and shapes of the paper code's back-end ``name`` (its ``state_dict()``)."""
+    path = REFERENCE / f"{name}_backend_keys.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the paper code's back-end names come from ../shared/reference")
+    return json.loads(path.read_text())["keys"]
+
+
+def released_state(name: str) -> dict[str, torch.Tensor]:
+    """A state dict as the paper code saves it under DataParallel: random tensors under the paper
+    code's back-end names and fairseq's XLS-R names (pre-training parts included)."""
+    torch.manual_seed(0)
+    xlsr = Wav2Vec2Model(tiny_config("wav2vec2", **FAKE_XLSR))
+    state = {f"module.ssl_model.model.{k}": v for k, v in fairseq_names(xlsr).items()}
+    for key, shape in reference_backend(name).items():
+        if key.endswith("num_batches_tracked"):
+            tensor = torch.tensor(100)
+        elif key.endswith("running_var"):
+            tensor = 0.5 + torch.rand(shape)
+        else:
+            tensor = 0.05 * torch.randn(shape)
+        state[f"module.{key}"] = tensor
+    return state
+
+
+def convert(*args: str) -> tuple[int, str]:
+    """``dpda convert-paper ARGS`` through the real entry point: exit status and stderr."""
+    import contextlib
+    import io
+
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        status = main(["convert-paper", *args])
+    return status, errors.getvalue()
+
+
+@pytest.mark.parametrize("name", ["xlsr_conformer_tcm", "xlsr_aasist"])
+def test_converted_paper_checkpoint_scores_as_the_released_model(name, tmp_path, capsys):
+    state = released_state(name)
+    torch.save(state, tmp_path / "released.pth")
+    dst = tmp_path / "converted" / f"{name}.safetensors"
+    assert main(["convert-paper", str(tmp_path / "released.pth"), str(dst), "--model", name]) == 0
+    assert sorted(p.name for p in dst.parent.iterdir()) == [f"{name}.json", f"{name}.safetensors"]
+    sf.write(tmp_path / "utterance.wav", 0.1 * np.random.default_rng(0).standard_normal(SAMPLES), 16000,
+             subtype="FLOAT")
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "utterance.wav"), "--model", str(dst), "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    released = load_paper_checkpoint(tmp_path / "released.pth", name).eval()
+    audio = torch.from_numpy(sf.read(tmp_path / "utterance.wav", dtype="float32")[0])[None]
+    with torch.no_grad():
+        expected = released(audio)[1][0, 1].item()  # the paper's score: the bona fide logit
+    assert record["score"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    # the same weights start a training run (model.init), rebuilt from the metadata alone
+    _, meta = load_weights(dst)
+    assert "init" not in meta["model"] and isinstance(meta["model"]["ssl"]["source"], dict)
+    initialised = build({**meta["model"], "init": str(dst)})
+    for key, value in released.state_dict().items():
+        assert torch.equal(initialised.state_dict()[key], value), key
+    assert convert(str(tmp_path / "released.pth"), str(dst), "--model", name)[0] == 1  # kept, not overwritten
+
+
+def test_convert_paper_lists_every_key_that_does_not_fit_in_one_error(tmp_path):
+    state = released_state("xlsr_conformer_tcm")
+    state["module.ssl_model.model.encoder.layers.0.adapter.weight"] = torch.zeros(4)
+    del state["module.conformer.fc5.bias"]
+    torch.save(state, tmp_path / "released.pth")
+    status, error = convert(str(tmp_path / "released.pth"), str(tmp_path / "out.safetensors"),
+                            "--model", "xlsr_conformer_tcm")
+    assert status == 1
+    assert "ssl_model.model.encoder.layers.0.adapter.weight" in error and "backend.conformer.fc5.bias" in error
+    assert error.count("\n") == 1 and not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_paper_refuses_what_is_not_a_state_dict_or_a_paper_model(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    torch.save({"epoch": 3, "model": {"w": torch.zeros(1)}}, tmp_path / "training.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    out = str(tmp_path / "out.safetensors")
+    for source, message in (("list.pth", "expected a state dict"), ("training.pth", "entries that are no tensors"),
+                            ("text.pth", "not a torch.save file")):
+        status, error = convert(str(tmp_path / source), out, "--model", "xlsr_aasist")
+        assert status == 1 and message in error, error
+    status, error = convert(str(tmp_path / "list.pth"), out, "--model", "conformer")
+    assert status == 1 and "valid: xlsr_aasist, xlsr_conformer_tcm, xlsr_mamba" in error
+    status, error = convert(str(tmp_path / "list.pth"), str(tmp_path / "out.pt"), "--model", "xlsr_aasist")
+    assert status == 1 and "must end in .safetensors" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.pth", "text.pth", "training.pth"]
+
+
+def test_model_init_loads_strictly_and_never_unpickles(tmp_path):
+    config = {"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2"}}
+    torch.manual_seed(0)
+    source = build(config)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "weights.safetensors")
+    torch.manual_seed(1)
+    initialised = build({**config, "init": str(tmp_path / "weights.safetensors")})
+    assert all(torch.equal(initialised.state_dict()[k], v) for k, v in source.state_dict().items())
+    weighted = {**config, "ssl": {"tiny": "wav2vec2", "layer": "weighted"}, "init": str(tmp_path / "weights.safetensors")}
+    with pytest.raises(ValueError, match=r"weights.safetensors does not fit .* weights not filled \['ssl.layer_weights'\]"):
+        build(weighted)
+    with pytest.raises(ValueError, match=r"keys without a place \[.*\] and \d+ more"):
+        build({"name": "xlsr_conformer_tcm", "ssl": {"tiny": "wav2vec2"}, "init": str(tmp_path / "weights.safetensors")})
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match="never unpickles"):
+        build({**config, "init": str(tmp_path / "weights.pth")})
+    with pytest.raises(FileNotFoundError, match="model.init"):
+        build({**config, "init": str(tmp_path / "missing.safetensors")})

@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", type=Path, help="the fairseq .pt file")
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
     convert.set_defaults(handler=_convert_fairseq)
+    paper = commands.add_parser(
+        "convert-paper", help="convert a released paper detector (.pth state dict) to a dpda checkpoint",
+        description="Convert a state dict of the paper code's detectors (XLSR-Conformer-TCM, XLSR-AASIST, "
+                    "XLSR-Mamba; fairseq XLS-R under ssl_model.model., with or without DataParallel's "
+                    "module. prefix) into a dpda .safetensors checkpoint for dpda score, dpda eval and "
+                    "dpda train --set model.init=DST. No other file is needed, and nothing is unpickled "
+                    "but tensors.")
+    paper.add_argument("source", type=Path, help="the released .pth file")
+    paper.add_argument("destination", type=Path, help="the checkpoint to write (.safetensors; must not exist)")
+    paper.add_argument("--model", required=True, metavar="NAME",
+                       help="the paper model: xlsr_conformer_tcm, xlsr_aasist or xlsr_mamba")
+    paper.set_defaults(handler=_convert_paper)
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
@@ -364,6 +376,18 @@ def _convert_fairseq(args: argparse.Namespace) -> int:
         print(f"dpda convert-fairseq: {error}", file=sys.stderr)
         return 1
     print(conversion.summary())
+    return 0
+
+
+def _convert_paper(args: argparse.Namespace) -> int:
+    from dpda.models.paper_checkpoint import convert_paper_checkpoint
+
+    try:
+        path = convert_paper_checkpoint(args.source, args.destination, args.model)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"dpda convert-paper: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 

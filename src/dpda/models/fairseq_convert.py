@@ -112,12 +112,16 @@ def _pickle_globals(path: Path) -> set[str]:
     names: set[str] = set()
 
     def scan(stream: Any) -> None:
-        for opcode, arg, _ in pickletools.genops(stream):
-            if opcode.name in ("GLOBAL", "INST"):
+        try:
+            ops = [(opcode.name, arg) for opcode, arg, _ in pickletools.genops(stream)]
+        except (ValueError, EOFError) as error:
+            raise ValueError(f"{path}: not a torch.save file (its pickle does not parse: {error})") from None
+        for opcode, arg in ops:
+            if opcode in ("GLOBAL", "INST"):
                 module, name = arg.split(" ", 1)
                 module, name = _compat_name(module, name)
                 names.add(f"{module}.{name}")
-            elif opcode.name == "STACK_GLOBAL":
+            elif opcode == "STACK_GLOBAL":
                 raise UnsafeCheckpointError(f"{path}: pickle protocol 4+ globals are not supported")
 
     if zipfile.is_zipfile(path):
@@ -246,10 +250,10 @@ TRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.", "label_embs_concat",
                  "project_inp.", "target_glu.", "mask_emb")
 
 
-def rename_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """The encoder's tensors under transformers names. Only keys under ``prefix`` are read (e.g.
-    ``"ssl_model.model."`` in the paper's released detectors); training-only parts are dropped,
-    any other unknown key is an error listing them all."""
+def map_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> tuple[dict[str, Tensor], list[str]]:
+    """The encoder's tensors under transformers names, and the keys that have none. Only keys
+    under ``prefix`` are read (e.g. ``"ssl_model.model."`` in the paper's released detectors);
+    training-only parts are dropped."""
     if prefix and not any(key.startswith(prefix) for key in state):
         raise ValueError(f"no key starts with the prefix {prefix!r}")
     renamed: dict[str, Tensor] = {}
@@ -265,6 +269,12 @@ def rename_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> dict[s
             unmapped.append(key)
         else:
             renamed[target] = tensor
+    return renamed, unmapped
+
+
+def rename_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """``map_fairseq_keys``, with any unknown key an error listing them all."""
+    renamed, unmapped = map_fairseq_keys(state, prefix)
     if unmapped:
         raise ValueError(f"{len(unmapped)} fairseq key(s) have no transformers counterpart: {', '.join(unmapped)}")
     return renamed

@@ -2,21 +2,24 @@
 
 Models on raw audio take their hyperparameters as the other keys. SSL detectors
 (``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``) take an ``ssl`` dict for the front-end
-(``SSLFrontEnd``'s keywords, with ``source`` a local folder or hub id; or ``{"tiny": "wav2vec2"}``
-for a tiny random front-end in tests) and the back-end's keywords as the other keys; the
-back-end's input width follows the front-end.
+(``SSLFrontEnd``'s keywords, with ``source`` a local folder, a hub id, or a transformers config
+dict, as a converted paper checkpoint holds; or ``{"tiny": "wav2vec2"}`` for a tiny random
+front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
+follows the front-end. Any model takes ``init``: a safetensors file of its weights to start from.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from dpda.models.options import checked_options
+from dpda.models.weights import load_init
 
 #: The paper's front-end (XLS-R 300M), as a hub id; pass a local folder where offline.
 DEFAULT_SSL_SOURCE = "facebook/wav2vec2-xls-r-300m"
@@ -39,8 +42,20 @@ MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS, CUSTOM)
 
 
 def build(config: Mapping[str, Any]) -> nn.Module:
-    """The detector ``config["name"]`` with the configuration's other keys as hyperparameters."""
+    """The detector ``config["name"]`` with the configuration's other keys as hyperparameters;
+    ``init``, when given, names a safetensors file (e.g. a dpda checkpoint) whose weights the
+    built model then takes, every key and shape matching (``weights.load_init``)."""
     options = dict(config)
+    init = options.pop("init", None)
+    if init is not None and not isinstance(init, (str, os.PathLike)):
+        raise ValueError(f"model.init: expected the path of a .safetensors file, got {init!r}")
+    model = _build(options)
+    if init is not None:
+        load_init(model, init)
+    return model
+
+
+def _build(options: dict[str, Any]) -> nn.Module:
     name = options.pop("name", None)
     if name not in MODEL_NAMES:
         close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
