@@ -21,6 +21,15 @@ the worker replaces ``randRange`` with the same uniform draw returning a scalar.
 
 Targets: on CPU dpda >= 10x the reference's throughput; on a GPU >= 20,000x real time.
 Exits non-zero when the target is missed.
+
+``--loader`` measures instead what one loader worker does in the paper's order
+(``augment.order: augment_then_crop``, ``augment.where: loader``): read an utterance of 1-10 s
+from a WAV file, RawBoost the whole of it, repeat-pad or crop both copies to 66,800 samples.
+dpda: ``PairedDataset[i]``; the reference: the same soundfile read, ``process_Rawboost_feature``
+on the whole utterance, then the paper's head crop / repeat-pad of both. One thread each, in one
+process. Target: dpda >= the reference's throughput.
+
+    python benchmarks/rawboost.py --reference /tmp/RawBoost.py --loader
 """
 
 from __future__ import annotations
@@ -32,12 +41,16 @@ import os
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import run_worker  # noqa: E402
 
 ALGO = 4
 CPU_SPEED_UP_TARGET = 10.0
+LOADER_SPEED_UP_TARGET = 1.0
+LOADER_SECONDS = (1.0, 10.0)  # range of the utterance lengths (ASVspoof utterances)
+CROP = 66800
 GPU_REAL_TIME_TARGET = 20_000.0
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 ALLOCATORS = {
@@ -64,6 +77,17 @@ def load_reference(path: Path) -> types.ModuleType:
     return module
 
 
+def reference_options(rawboost: Any) -> types.SimpleNamespace:
+    """The reference's option names, with dpda's (identical) defaults."""
+    return types.SimpleNamespace(
+        nBands=rawboost.n_bands, minF=rawboost.min_freq, maxF=rawboost.max_freq, minBW=rawboost.min_bandwidth,
+        maxBW=rawboost.max_bandwidth, minCoeff=rawboost.min_taps, maxCoeff=rawboost.max_taps,
+        minG=rawboost.min_gain_db, maxG=rawboost.max_gain_db, minBiasLinNonLin=rawboost.min_bias_db,
+        maxBiasLinNonLin=rawboost.max_bias_db, N_f=rawboost.n_orders, P=rawboost.max_isd_percent,
+        g_sd=rawboost.isd_gain, SNRmin=rawboost.min_snr_db, SNRmax=rawboost.max_snr_db,
+    )
+
+
 def worker(args: argparse.Namespace) -> None:
     """Time both variants in this process; print the medians as JSON."""
     import numpy as np
@@ -78,13 +102,7 @@ def worker(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     rawboost = RawBoost(algo=ALGO)
     reference = load_reference(args.reference)
-    reference_args = types.SimpleNamespace(  # the reference's names, with dpda's (identical) defaults
-        nBands=rawboost.n_bands, minF=rawboost.min_freq, maxF=rawboost.max_freq, minBW=rawboost.min_bandwidth,
-        maxBW=rawboost.max_bandwidth, minCoeff=rawboost.min_taps, maxCoeff=rawboost.max_taps,
-        minG=rawboost.min_gain_db, maxG=rawboost.max_gain_db, minBiasLinNonLin=rawboost.min_bias_db,
-        maxBiasLinNonLin=rawboost.max_bias_db, N_f=rawboost.n_orders, P=rawboost.max_isd_percent,
-        g_sd=rawboost.isd_gain, SNRmin=rawboost.min_snr_db, SNRmax=rawboost.max_snr_db,
-    )
+    reference_args = reference_options(rawboost)
     audio = 0.1 * torch.randn(args.batch, args.samples)
     utterances = list(audio.numpy())
     batch = audio.to(device)
@@ -101,6 +119,72 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(seconds))
 
 
+def loader_worker(args: argparse.Namespace) -> None:
+    """One loader worker's items in the paper's order, dpda against the reference; JSON out."""
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+    import torch
+    from measure import time_and_memory
+
+    from dpda.augment import build_chain
+    from dpda.data import Utterance
+    from dpda.data.audio import fit_length
+    from dpda.data.dataset import AudioDataset
+    from dpda.train.paired import PairedDataset
+
+    torch.set_num_threads(1)
+    np.random.seed(0)
+    chain = build_chain({"sample_rate": 16000, "stages": [{"name": "rawboost", "algo": ALGO}]})
+    reference = load_reference(args.reference)
+    reference_args = reference_options(chain.stages[0])
+    rng = np.random.default_rng(0)
+    lengths = (rng.uniform(*LOADER_SECONDS, args.batch) * 16000).astype(int)
+    with tempfile.TemporaryDirectory() as folder:
+        records = []
+        for i, length in enumerate(lengths):
+            sf.write(f"{folder}/{i}.wav", (0.1 * rng.standard_normal(length)).astype(np.float32), 16000,
+                     subtype="FLOAT")
+            records.append(Utterance(str(i), f"{i}.wav", i % 2))
+        dataset = PairedDataset(AudioDataset(records, folder, length=CROP, crop="head", seed=0), chain,
+                                "augment_then_crop", seed=0)
+        epoch = iter(range(10**6))
+
+        def run_dpda() -> None:
+            e = next(epoch)
+            for i in range(len(records)):
+                dataset[(i, e)]
+
+        def run_reference() -> None:
+            for i in range(len(records)):
+                x, rate = sf.read(f"{folder}/{i}.wav", dtype="float32")
+                noisy = reference.process_Rawboost_feature(x, rate, reference_args, ALGO)
+                fit_length(x, CROP, "head"), fit_length(np.asarray(noisy, dtype=np.float32), CROP, "head")
+
+        seconds = {"reference": time_and_memory(run_reference, args.repeats, torch.device("cpu"))["median_s"],
+                   "dpda": time_and_memory(run_dpda, args.repeats, torch.device("cpu"))["median_s"],
+                   "audio_s": float(lengths.sum() / 16000)}
+    print(json.dumps(seconds))
+
+
+def report_loader(args: argparse.Namespace, common: list[str]) -> int:
+    results = {allocator: run_worker(__file__, common) for allocator in list(ALLOCATORS)[:1]}
+    seconds = results["glibc default"]
+    audio = seconds["audio_s"]
+    print(f"# one loader worker, paper order (augment the whole utterance, then crop to {CROP}): "
+          f"{args.batch} utterances of {LOADER_SECONDS[0]:g}-{LOADER_SECONDS[1]:g} s ({audio:.1f} s of audio) "
+          f"read from WAV; RawBoost algorithm {ALGO}; one CPU thread; median of {args.repeats}")
+    for variant in ("reference", "dpda"):
+        print(f"{variant:10s} {seconds[variant] * 1e3:9.1f} ms/{args.batch} items  "
+              f"{audio / seconds[variant]:7.1f}x real time")
+    speed_up = seconds["reference"] / seconds["dpda"]
+    passed = speed_up >= LOADER_SPEED_UP_TARGET
+    print(f"dpda / reference: {speed_up:.2f}x  {'PASS' if passed else 'FAIL'} "
+          f"(target >= {LOADER_SPEED_UP_TARGET:g}x)")
+    return 0 if passed else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, required=True, help="path to the paper code's RawBoost.py")
@@ -108,15 +192,20 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="utterances per batch")
     parser.add_argument("--samples", type=int, default=64600, help="samples per utterance (16 kHz)")
     parser.add_argument("--repeats", type=int, default=7, help="timed batches per variant (median)")
+    parser.add_argument("--loader", action="store_true",
+                        help="time one loader worker in the paper's order on whole 1-10 s utterances")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args)
+        (loader_worker if args.loader else worker)(args)
         return 0
     if not args.reference.is_file():
         raise SystemExit(f"{args.reference} is not a file; see the instructions at the top of this script")
     common = ["--reference", str(args.reference.resolve()), "--device", args.device, "--batch", str(args.batch),
               "--samples", str(args.samples), "--repeats", str(args.repeats), "--worker"]
+    if args.loader:
+        os.environ.update(ONE_THREAD)
+        return report_loader(args, [*common, "--loader"])
     on_gpu = args.device.startswith("cuda")
     allocators = list(ALLOCATORS)[:1] if on_gpu else list(ALLOCATORS)
     os.environ.update(ONE_THREAD)  # the workers inherit the environment

@@ -29,7 +29,7 @@ SUMMARIES: dict[str, str] = {
     "sum": "the sum of the two path gradients",
     "pcgrad": "PCGrad, projection of conflicting gradients, mean reduction (paper)",
     "gradvac": "GradVac, EMA cosine target (paper); beta=0.5",
-    "cagrad": "CAGrad, conflict-averse direction, the paper code's SLSQP solve (paper); c=0.5",
+    "cagrad": "CAGrad, conflict-averse direction, the paper code's SLSQP solve (paper; ~2 ms per group); c=0.5",
     "cagrad_exact": "CAGrad's objective solved exactly (closed form; differs from the paper's solver at small gradients); c=0.5",
     "mgda": "MGDA, min-norm point of the convex hull (torchjd); epsilon=0.001, max_iters=100",
     "upgrad": "UPGrad, projection onto the dual cone (torchjd); pref_vector=None",
