@@ -12,15 +12,19 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 from test_fairseq_convert import XLSR_LIKE, fairseq_names
+from tiny_runs import experiment
 from transformers import Wav2Vec2Model
 
 from dpda.cli import main
+from dpda.config import config_from_dict
+from dpda.evaluate.evaluation import load_detector
 from dpda.models import build
 from dpda.models.detector import SSLDetector
 from dpda.models.fairseq_convert import STANDARD_CONV
 from dpda.models.paper_checkpoint import load_paper_checkpoint, paper_model
 from dpda.models.registry import SSL_BACKENDS, _load
 from dpda.models.ssl import SSLFrontEnd, tiny_config
+from dpda.train import train
 from dpda.train.checkpoint import load_weights
 
 HEADS = {"encoder_attention_heads": 2}  # the tiny width is not a released one, so say it
@@ -190,3 +194,19 @@ def test_model_init_loads_strictly_and_never_unpickles(tmp_path):
         build({**config, "init": str(tmp_path / "weights.pth")})
     with pytest.raises(FileNotFoundError, match="model.init"):
         build({**config, "init": str(tmp_path / "missing.safetensors")})
+
+
+def test_a_run_started_from_model_init_scores_without_its_init_file(tmp_path, corpus):
+    """The weights of a trained run's checkpoint are its own: ``model.init`` in its saved config
+    is neither read again nor needed (it may have moved, or name a file outside the run)."""
+    model = {"name": "custom", "class": "models:TinyDetector"}
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in build(model).state_dict().items()}, tmp_path / "init.safetensors")
+    config = experiment(corpus, tmp_path / "runs", epochs=1, n_best=1, max_steps_per_epoch=2)
+    config["model"] = {**model, "init": str(tmp_path / "init.safetensors")}
+    config["eval"] = {"sets": []}
+    train(config_from_dict(config))
+    (tmp_path / "init.safetensors").unlink()
+    detector = load_detector(tmp_path / "runs" / "tiny" / "final.safetensors", torch.device("cpu"))
+    trained, _ = load_weights(tmp_path / "runs" / "tiny" / "final.safetensors")
+    assert all(torch.equal(detector.model.state_dict()[k], v) for k, v in trained.items())

@@ -380,7 +380,7 @@ def _convert_fairseq(args: argparse.Namespace) -> int:
 
 
 def _convert_paper(args: argparse.Namespace) -> int:
-    from dpda.models.paper_checkpoint import convert_paper_checkpoint
+    from dpda.train.released import convert_paper_checkpoint
 
     try:
         path = convert_paper_checkpoint(args.source, args.destination, args.model)

@@ -23,7 +23,7 @@ from dpda.data.protocols import AUDIO_EXTENSIONS
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
-from dpda.models import build
+from dpda.models import architecture, build
 from dpda.train.checkpoint import check_architecture, load_weights
 from dpda.train.data import dataset_name, dataset_root, read_dataset
 
@@ -48,7 +48,7 @@ def load_detector(source: str | Path, device: torch.device, overrides: Sequence[
     if "config" not in meta:
         raise ValueError(f"{path}: its metadata has no 'config'; was it written by dpda train?")
     config = config_with_overrides(meta["config"], overrides, source=f"{path} (config)")
-    model = build(config.model)
+    model = build(architecture(config.model))  # the weights are the checkpoint's: model.init is not read
     check_architecture(model, weights, path)
     model.load_state_dict(weights)
     calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None

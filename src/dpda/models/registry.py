@@ -55,6 +55,12 @@ def build(config: Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without ``init``: what rebuilds the model for weights that come from elsewhere
+    (a checkpoint, a saved state), so that no file named in the config is read, nor need exist."""
+    return {key: value for key, value in config.items() if key != "init"}
+
+
 def _build(options: dict[str, Any]) -> nn.Module:
     name = options.pop("name", None)
     if name not in MODEL_NAMES:

@@ -46,7 +46,7 @@ from dpda.evaluate import eer
 from dpda.evaluate.calibration import fit_calibration
 from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
 from dpda.evaluate.scoring import predict, scores_from_logits
-from dpda.models import build
+from dpda.models import architecture, build
 from dpda.train.checkpoint import (
     BestCheckpoints,
     average_weights,
@@ -196,7 +196,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # the model's initial weights
         try:
-            self.model = build(config.model).to(self.device)
+            # a resumed run takes its weights from the saved state, not from model.init
+            self.model = build(architecture(config.model) if resume else config.model).to(self.device)
         except (ValueError, TypeError, OSError) as error:
             raise TrainingError(f"model: {error}") from error
         self.forward_model: nn.Module = torch.compile(self.model) if train.compile else self.model
