@@ -148,6 +148,12 @@ def test_converted_paper_checkpoint_scores_as_the_released_model(name, tmp_path,
     assert convert(str(tmp_path / "released.pth"), str(dst), "--model", name)[0] == 1  # kept, not overwritten
 
 
+def test_convert_fairseq_points_a_released_detector_to_convert_paper(tmp_path, capsys):
+    torch.save(released_state("xlsr_aasist"), tmp_path / "released.pth")
+    assert main(["convert-fairseq", str(tmp_path / "released.pth"), str(tmp_path / "out")]) == 1
+    assert "dpda convert-paper" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_convert_paper_lists_every_key_that_does_not_fit_in_one_error(tmp_path):
     state = released_state("xlsr_conformer_tcm")
     state["module.ssl_model.model.encoder.layers.0.adapter.weight"] = torch.zeros(4)

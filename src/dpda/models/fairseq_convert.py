@@ -201,6 +201,10 @@ def plain(value: Any) -> Any:
     return value
 
 
+#: Where a detector of the paper code keeps its fairseq front-end (``dpda.models.paper_checkpoint``).
+DETECTOR_FRONTEND = "ssl_model.model."
+
+
 def load_fairseq_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The model state dict and the configuration (``cfg``, or the legacy ``args``, as plain
     dicts; empty when absent) of a fairseq checkpoint, or of a bare state dict."""
@@ -563,6 +567,10 @@ def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os
     if dst.exists():
         raise FileExistsError(f"{dst} exists; remove it or pick another folder")
     state, cfg = load_fairseq_checkpoint(src)
+    if not prefix and any(key.removeprefix("module.").startswith(DETECTOR_FRONTEND) for key in state):
+        raise ValueError(f"{src}: a whole detector's state dict (its SSL front-end under '{DETECTOR_FRONTEND}', "
+                         f"as the paper code saves it), not an SSL model; convert it with "
+                         f"`dpda convert-paper {src} DST.safetensors --model NAME`")
     config, weights = fairseq_to_transformers(state, cfg, prefix=prefix)
     report = {"source": Path(src).name, **conversion_report(cfg)}
     model = Wav2Vec2Model(config)

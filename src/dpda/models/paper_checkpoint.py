@@ -19,12 +19,12 @@ from typing import Any
 from torch import Tensor
 
 from dpda.models.detector import SSLDetector
-from dpda.models.fairseq_convert import derive_config, load_checkpoint, map_fairseq_keys
+from dpda.models.fairseq_convert import DETECTOR_FRONTEND, derive_config, load_checkpoint, map_fairseq_keys
 from dpda.models.registry import SSL_BACKENDS, build
 from dpda.models.weights import load_strict
 
 SSL_PREFIX = "ssl_model."
-FAIRSEQ_PREFIX = "ssl_model.model."
+FAIRSEQ_PREFIX = DETECTOR_FRONTEND
 
 #: xlsr2_300m.pt's saved dropouts and LayerDrop (torchaudio's WAV2VEC2_XLSR_300M bundle, read off
 #: the loaded fairseq model): the values the paper code fine-tuned with.
