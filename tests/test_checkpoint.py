@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import dpda.train.checkpoint as ckpt
-from dpda.train.checkpoint import (
+import dpda.checkpoint as ckpt
+from dpda.checkpoint import (
     BestCheckpoints,
     CheckpointError,
     average_weights,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from models import TinyDetector, batch
 
 from dpda.dualpath import WeightedCrossEntropy
-from dpda.evaluate.landscape import (
+from dpda.landscape import (
     Landscape,
     filter_normalized_directions,
     gradient_directions,

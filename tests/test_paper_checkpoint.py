@@ -25,7 +25,7 @@ from dpda.models.paper_checkpoint import load_paper_checkpoint, paper_model
 from dpda.models.registry import SSL_BACKENDS, _load
 from dpda.models.ssl import SSLFrontEnd, tiny_config
 from dpda.train import train
-from dpda.train.checkpoint import load_weights
+from dpda.checkpoint import load_weights
 
 HEADS = {"encoder_attention_heads": 2}  # the tiny width is not a released one, so say it
 

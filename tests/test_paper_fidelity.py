@@ -23,7 +23,7 @@ from dpda.data.dataset import AudioDataset
 from dpda.dualpath import DualPathStep, WeightedCrossEntropy, set_loss
 from dpda.models import build
 from dpda.train import train
-from dpda.train.checkpoint import load_weights
+from dpda.checkpoint import load_weights
 from dpda.train.paired import PairedDataset, collate_pairs
 
 CROP = 66800

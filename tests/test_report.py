@@ -16,7 +16,7 @@ from matplotlib.image import imread
 
 from dpda.config import config_from_dict, load_config
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_RESULTS, UNREPORTED_ROWS
-from dpda.evaluate.report import write_report
+from dpda.report import write_report
 from dpda.train import train, train_seeds
 from dpda.train.logger import read_csv
 

@@ -21,7 +21,7 @@ from tiny_runs import write_split as _write_split
 
 from dpda.config import load_config
 from dpda.train import TrainingError, train, train_seeds
-from dpda.train.checkpoint import average_weights, load_weights
+from dpda.checkpoint import average_weights, load_weights
 from dpda.train.logger import read_csv
 
 

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from dpda.evaluate.report import write_report
+    from dpda.report import write_report
 
     try:
         path = write_report(args.runs, args.out)
@@ -172,8 +172,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         results_markdown,
     )
     from dpda.evaluate.scoring import ScoreError
-    from dpda.train.checkpoint import CheckpointError
-    from dpda.train.data import DataError
+    from dpda.checkpoint import CheckpointError
+    from dpda.data.sets import DataError
     from dpda.train.trainer import TrainingError
 
     try:
@@ -197,13 +197,13 @@ def _landscape(args: argparse.Namespace) -> int:
 
     from dpda.config import ConfigError
     from dpda.evaluate.evaluation import checkpoint_path, load_detector
-    from dpda.evaluate.landscape import (
+    from dpda.landscape import (
         checkpoint_landscape,
         plot_landscape,
         surface_sharpness,
     )
-    from dpda.train.checkpoint import CheckpointError
-    from dpda.train.data import DataError
+    from dpda.checkpoint import CheckpointError
+    from dpda.data.sets import DataError
     from dpda.train.trainer import TrainingError
 
     try:
@@ -227,7 +227,7 @@ def _score(args: argparse.Namespace) -> int:
     import json
 
     from dpda.evaluate.evaluation import load_detector, score_files
-    from dpda.train.checkpoint import CheckpointError
+    from dpda.checkpoint import CheckpointError
     from dpda.train.trainer import TrainingError
 
     try:
@@ -299,7 +299,7 @@ def _corpus_build(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dpda.config import ConfigError, load_config
     from dpda.train import TrainingError, train, train_seeds
-    from dpda.train.checkpoint import CheckpointError
+    from dpda.checkpoint import CheckpointError
     from dpda.train.trainer import shutdown_distributed
 
     try:

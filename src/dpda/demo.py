@@ -24,7 +24,7 @@ from dpda.atomic import write_text_atomic
 from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
 from dpda.evaluate.paper import PAPER_CLAIMS
-from dpda.evaluate.report import write_report
+from dpda.report import write_report
 from dpda.train.seeds import train_seeds
 
 EVAL_SET = "builtin_eval"

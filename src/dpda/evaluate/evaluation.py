@@ -24,8 +24,8 @@ from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
 from dpda.models import architecture, build
-from dpda.train.checkpoint import check_architecture, load_weights
-from dpda.train.data import dataset_name, dataset_root, read_dataset
+from dpda.checkpoint import check_architecture, load_weights
+from dpda.data.sets import dataset_name, dataset_root, read_dataset
 
 
 @dataclass

@@ -47,7 +47,7 @@ from dpda.evaluate.calibration import fit_calibration
 from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
 from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.models import architecture, build
-from dpda.train.checkpoint import (
+from dpda.checkpoint import (
     BestCheckpoints,
     average_weights,
     capture_rng,
@@ -57,7 +57,7 @@ from dpda.train.checkpoint import (
     save_state,
     save_weights,
 )
-from dpda.train.data import DataError, dataset_root, read_dataset
+from dpda.data.sets import DataError, dataset_root, read_dataset
 from dpda.train.paired import PairedDataset, collate_pairs
 from dpda.train.logger import ConflictMeter, RunLogger, summarise_augmentation
 

@@ -128,7 +128,7 @@ def _read(path: Path, expected: str) -> tuple[dict[str, Tensor], dict[str, Any]]
                 "published AASIST.pth then loads into dpda's AASIST as is), "
                 "`dpda convert-paper SRC.pth DST.safetensors --model NAME` the paper's detectors (no further step), `dpda "
                 "convert-fairseq` fairseq SSL models; then write the model's state_dict with "
-                "dpda.train.checkpoint.save_weights"
+                "dpda.checkpoint.save_weights"
             ) from None
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     return tensors, document

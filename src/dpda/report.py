@@ -31,7 +31,7 @@ from dpda.atomic import atomic_path, write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
-from dpda.train.data import DataError, dataset_name, read_dataset
+from dpda.data.sets import DataError, dataset_name, read_dataset
 from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
 
 __all__ = ["write_report"]

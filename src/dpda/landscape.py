@@ -407,7 +407,7 @@ def checkpoint_landscape(model: nn.Module, config: ExperimentConfig, device: tor
 
     from dpda.data import AudioDataset
     from dpda.data.dataset import collate
-    from dpda.train.data import DataError, dataset_root, read_dataset
+    from dpda.data.sets import DataError, dataset_root, read_dataset
     from dpda.train.trainer import make_chain
 
     if config.data.dev is None:
