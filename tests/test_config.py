@@ -203,7 +203,7 @@ def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dpda.config.os.replace", fail)
+    monkeypatch.setattr("dpda.atomic.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         save_config(ExperimentConfig(name="other"), target)
     assert target.read_text(encoding="utf-8") == old

@@ -11,15 +11,16 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 #: Layer of each unit (a subpackage or a top-level module of ``dpda``); ``dpda`` is the package's
 #: own ``__init__`` (its version).
 LAYERS = {
-    "dpda": 0, "config": 0, "atomic": 0, "align": 0,
-    "data": 1, "models": 1, "checkpoint": 1,
-    "dualpath": 2, "augment": 2,
-    "evaluate": 3,
-    "train": 4,
-    "corpus": 5, "report": 5, "landscape": 5,
-    "demo": 6,
-    "cli": 7,
-    "__main__": 8,
+    "dpda": 0, "atomic": 0, "align": 0,
+    "config": 1,
+    "data": 2, "models": 2, "checkpoint": 2,
+    "dualpath": 3, "augment": 3,
+    "evaluate": 4,
+    "train": 5,
+    "corpus": 6, "report": 6, "landscape": 6,
+    "demo": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import os
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from dpda.atomic import write_text_atomic
 
 #: The protocol kinds a ``DataSet`` may name: those of ``dpda.data.read_protocol`` and the
 #: built-in synthetic set.
@@ -290,17 +291,7 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
     """Write ``config`` as YAML, atomically: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), unlike mkstemp, honours the umask
-    try:
-        with open(temp, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
 
 
 def _parse(text: str, source: str) -> Any:

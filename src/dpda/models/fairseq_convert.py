@@ -33,8 +33,6 @@ import json
 import os
 import pickletools
 import re
-import shutil
-import uuid
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +42,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 from torch import Tensor
+
+from dpda.atomic import atomic_folder
 
 if TYPE_CHECKING:
     from transformers import Wav2Vec2Config
@@ -582,14 +582,8 @@ def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os
         do_normalize=report["task"]["normalize"],
         return_attention_mask=config.feat_extract_norm == "layer",
     )
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")  # beside it: the rename stays atomic
-    tmp.mkdir(parents=True)  # not tempfile.mkdtemp, whose folder only its owner could read
-    try:
+    with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp)
         extractor.save_pretrained(tmp)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return FairseqConversion(dst, report)
