@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from dpda.atomic import write_text_atomic
+from dpda.suggest import did_you_mean
 
 #: The protocol kinds a ``DataSet`` may name: those of ``dpda.data.read_protocol`` and the
 #: built-in synthetic set.
@@ -381,10 +381,8 @@ def _convert_dataclass(value: Any, cls: type, key: str, source: str) -> Any:
 def _known_key(name: Any, cls: type, key: str, source: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     if name not in valid:
-        close = difflib.get_close_matches(str(name), valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         section = key.rpartition(".")[0] or "the top level"
-        raise ConfigError(key, f"unknown key{hint}; valid keys of {section}: {', '.join(valid)}", source)
+        raise ConfigError(key, f"unknown key{did_you_mean(name, valid)}; valid keys of {section}: {', '.join(valid)}", source)
 
 
 def _strip_none(tp: Any) -> Any:

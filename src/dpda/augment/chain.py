@@ -23,7 +23,6 @@ label is its name, with ``_2``, ``_3``, ... for repeats (the prefix of its param
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import inspect
 import math
@@ -36,6 +35,7 @@ import yaml
 from torch import Tensor, nn
 
 from dpda.augment.base import Augmentation, Augmented, check_batch
+from dpda.suggest import did_you_mean
 
 #: Registry name -> "module:class", imported on first use (RawBoost lives in its own module).
 REGISTRY: dict[str, str] = {
@@ -256,17 +256,12 @@ def _construct(cls: type[Augmentation], options: dict[str, Any], sample_rate: in
 def _check_keys(mapping: Mapping[str, Any], allowed: Sequence[str], where: str = "") -> None:
     for key in mapping:
         if key not in allowed:
-            raise ValueError(f"{where + ': ' if where else ''}unknown key {key!r}{_suggest(str(key), allowed)}; "
+            raise ValueError(f"{where + ': ' if where else ''}unknown key {key!r}{did_you_mean(key, allowed)}; "
                              f"allowed: {', '.join(allowed)}")
 
 
 def _unknown_name(name: Any, registered: Sequence[str]) -> str:
-    return f"unknown augmentation {name!r}{_suggest(str(name), registered)}; registered: {', '.join(registered)}"
-
-
-def _suggest(key: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown augmentation {name!r}{did_you_mean(name, registered)}; registered: {', '.join(registered)}"
 
 
 def _with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,7 +276,7 @@ def _with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
                 raise ValueError(f"overrides: {path!r}: no list of named stages to look {label!r} up in")
             known = stage_labels([str(s["name"]) for s in stages])
             if label not in known:
-                raise ValueError(f"overrides: {path!r}: no stage labelled {label!r}{_suggest(label, known)}; "
+                raise ValueError(f"overrides: {path!r}: no stage labelled {label!r}{did_you_mean(label, known)}; "
                                  f"stages here: {', '.join(known)}")
             target = stages[known.index(label)]
             stages = target.get("choices")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from dpda.suggest import did_you_mean
 
 
 def checked_options(factory: Callable[..., Any], config: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -15,9 +16,7 @@ def checked_options(factory: Callable[..., Any], config: Mapping[str, Any], what
                if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in config:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{what}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"{what}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
     return dict(config)
 
 

@@ -10,7 +10,6 @@ follows the front-end. Any model takes ``init``: a safetensors file of its weigh
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from torch import nn
 
 from dpda.models.options import checked_options
 from dpda.models.weights import load_init
+from dpda.suggest import did_you_mean
 
 #: The paper's front-end (XLS-R 300M), as a hub id; pass a local folder where offline.
 DEFAULT_SSL_SOURCE = "facebook/wav2vec2-xls-r-300m"
@@ -64,9 +64,7 @@ def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
 def _build(options: dict[str, Any]) -> nn.Module:
     name = options.pop("name", None)
     if name not in MODEL_NAMES:
-        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"model: unknown name {name!r}{hint}; valid names: {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"model: unknown name {name!r}{did_you_mean(name, MODEL_NAMES)}; valid names: {', '.join(MODEL_NAMES)}")
     if name == CUSTOM:
         target = options.pop("class", None)
         if not isinstance(target, str) or ":" not in target:
