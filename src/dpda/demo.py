@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dpda.atomic import write_text_atomic
 from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
 from dpda.evaluate.paper import PAPER_CLAIMS
+from dpda.evaluate.spread import mean_std
 from dpda.report import write_report
 from dpda.train.seeds import train_seeds
 
@@ -141,9 +141,9 @@ def _by_aligner(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         chosen = [r for r in runs if r["aligner"] == aligner]
         table[aligner] = {}
         for key in ("eer", "dev_eer", "conflict_rate", "best_epoch", "wall_seconds"):
-            values = np.array([r[key] for r in chosen], dtype=np.float64)
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            table[aligner][key] = {"mean": float(values.mean()), "std": std, "n": len(values)}
+            values = [float(r[key]) for r in chosen]
+            mean, std = mean_std(values)
+            table[aligner][key] = {"mean": mean, "std": std, "n": len(values)}
     return table
 
 

@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean, stdev
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +30,7 @@ from dpda.atomic import atomic_path, write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
+from dpda.evaluate.spread import mean_std
 from dpda.data.sets import DataError, dataset_name, read_dataset
 from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
 
@@ -252,7 +252,7 @@ def _entry_stats(entry: Entry) -> dict[str, tuple[float, float, int]]:
              "conflict_rate": [c / n for c, n in (run.conflicts() for run in entry.runs) if n]}
     for key, values in extra.items():
         if values:
-            stats[key] = (fmean(values), stdev(values) if len(values) > 1 else 0.0, len(values))
+            stats[key] = (*mean_std(values), len(values))
     return stats
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any
 
 from dpda.atomic import write_text_atomic
 from dpda.config import ExperimentConfig
+from dpda.evaluate.spread import mean_std
 from dpda.train.trainer import run_dir_for, train
 
 
@@ -32,8 +32,7 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             table.setdefault(key, []).append(value)
     summary: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "metrics": {}}
     for key, values in table.items():
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        mean, std = mean_std(values)
         summary["metrics"][key] = {"mean": mean, "std": std, "values": values}
     return summary
 
