@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_augment_noise_reverb import write_musan, write_rirs
 
 from dpda.augment import chain as chain_module
 from dpda.augment.chain import AugmentationChain, OneOf, augmentation_class, build_chain, load_chain
 from dpda.augment.channel import Gain, Speed
 from dpda.augment.codec import CODECS
-from test_augment_noise_reverb import write_musan, write_rirs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "augment"
 RATE = 16000

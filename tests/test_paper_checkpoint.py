@@ -15,6 +15,7 @@ from test_fairseq_convert import XLSR_LIKE, fairseq_names
 from tiny_runs import experiment
 from transformers import Wav2Vec2Model
 
+from dpda.checkpoint import load_weights
 from dpda.cli import main
 from dpda.config import config_from_dict
 from dpda.evaluate.evaluation import load_detector
@@ -25,7 +26,6 @@ from dpda.models.paper_checkpoint import load_paper_checkpoint, paper_model
 from dpda.models.registry import SSL_BACKENDS, _load
 from dpda.models.ssl import SSLFrontEnd, tiny_config
 from dpda.train import train
-from dpda.checkpoint import load_weights
 
 HEADS = {"encoder_attention_heads": 2}  # the tiny width is not a released one, so say it
 

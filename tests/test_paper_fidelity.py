@@ -16,6 +16,7 @@ from scipy.stats import ks_2samp
 from tiny_runs import experiment as _config
 
 from dpda.augment import build_chain
+from dpda.checkpoint import load_weights
 from dpda.config import ConfigError, config_from_dict
 from dpda.data import Utterance
 from dpda.data.audio import repeat_pad
@@ -23,7 +24,6 @@ from dpda.data.dataset import AudioDataset
 from dpda.dualpath import DualPathStep, WeightedCrossEntropy, set_loss
 from dpda.models import build
 from dpda.train import train
-from dpda.checkpoint import load_weights
 from dpda.train.paired import PairedDataset, collate_pairs
 
 CROP = 66800

@@ -19,9 +19,9 @@ from tiny_runs import experiment as _config
 from tiny_runs import write_config as _write_config
 from tiny_runs import write_split as _write_split
 
+from dpda.checkpoint import average_weights, load_weights
 from dpda.config import load_config
 from dpda.train import TrainingError, train, train_seeds
-from dpda.checkpoint import average_weights, load_weights
 from dpda.train.logger import read_csv
 
 

@@ -163,7 +163,9 @@ def _device(name: str) -> object:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dpda.checkpoint import CheckpointError
     from dpda.config import ConfigError
+    from dpda.data.sets import DataError
     from dpda.evaluate.evaluation import (
         checkpoint_path,
         evaluate_sets,
@@ -172,8 +174,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         results_markdown,
     )
     from dpda.evaluate.scoring import ScoreError
-    from dpda.checkpoint import CheckpointError
-    from dpda.data.sets import DataError
     from dpda.train.trainer import TrainingError
 
     try:
@@ -195,15 +195,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _landscape(args: argparse.Namespace) -> int:
     import json
 
+    from dpda.checkpoint import CheckpointError
     from dpda.config import ConfigError
+    from dpda.data.sets import DataError
     from dpda.evaluate.evaluation import checkpoint_path, load_detector
     from dpda.landscape import (
         checkpoint_landscape,
         plot_landscape,
         surface_sharpness,
     )
-    from dpda.checkpoint import CheckpointError
-    from dpda.data.sets import DataError
     from dpda.train.trainer import TrainingError
 
     try:
@@ -226,8 +226,8 @@ def _landscape(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import json
 
-    from dpda.evaluate.evaluation import load_detector, score_files
     from dpda.checkpoint import CheckpointError
+    from dpda.evaluate.evaluation import load_detector, score_files
     from dpda.train.trainer import TrainingError
 
     try:
@@ -297,9 +297,9 @@ def _corpus_build(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dpda.checkpoint import CheckpointError
     from dpda.config import ConfigError, load_config
     from dpda.train import TrainingError, train, train_seeds
-    from dpda.checkpoint import CheckpointError
     from dpda.train.trainer import shutdown_distributed
 
     try:

@@ -24,6 +24,7 @@ from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
 from dpda.evaluate.paper import PAPER_CLAIMS
 from dpda.evaluate.spread import mean_std
+from dpda.markdown import table
 from dpda.report import write_report
 from dpda.train.seeds import train_seeds
 
@@ -153,15 +154,16 @@ def _demo_section(results: dict[str, Any], manifest: dict[str, Any]) -> str:
     spread = (lambda e: f" ± {e['std']:.2%}") if seeds > 1 else (lambda e: "")
     lines = ["# dpda demo: DPDA with and without gradient alignment on the built-in corpus", "",
              summary(manifest).replace("\n", "  \n"), "",
-             f"Model {results['model']}, {seeds} seed(s) per aligner; budget {results['budget']}.", "",
-             "| aligner | eval EER (unseen attacks) | dev EER | conflicting steps | best dev-loss epoch | training time |",
-             "|---|---|---|---|---|---|"]
+             f"Model {results['model']}, {seeds} seed(s) per aligner; budget {results['budget']}.", ""]
+    rows = []
     for aligner, entry in results["aligners"].items():
         conflict = entry["conflict_rate"]["mean"]
-        lines.append(f"| {aligner} | {entry['eer']['mean']:.2%}{spread(entry['eer'])} | "
-                     f"{entry['dev_eer']['mean']:.2%}{spread(entry['dev_eer'])} | "
-                     f"{'n/a' if math.isnan(conflict) else f'{conflict:.1%}'} | "
-                     f"{entry['best_epoch']['mean']:.1f} | {entry['wall_seconds']['mean']:.0f} s |")
+        rows.append([aligner, f"{entry['eer']['mean']:.2%}{spread(entry['eer'])}",
+                     f"{entry['dev_eer']['mean']:.2%}{spread(entry['dev_eer'])}",
+                     "n/a" if math.isnan(conflict) else f"{conflict:.1%}",
+                     f"{entry['best_epoch']['mean']:.1f}", f"{entry['wall_seconds']['mean']:.0f} s"])
+    lines += table(["aligner", "eval EER (unseen attacks)", "dev EER", "conflicting steps", "best dev-loss epoch",
+                    "training time"], rows)
     if "reference_model" in results:
         reference = results["reference_model"]
         lines += ["", (f"Published AASIST (trained on ASVspoof 2019 LA, out of domain here): eval EER "

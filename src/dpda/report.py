@@ -28,10 +28,11 @@ from scipy.stats import norm
 
 from dpda.atomic import atomic_path, write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, load_config
+from dpda.data.sets import DataError, dataset_name, read_dataset
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
 from dpda.evaluate.spread import mean_std
-from dpda.data.sets import DataError, dataset_name, read_dataset
+from dpda.markdown import table
 from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
 
 __all__ = ["write_report"]
@@ -217,7 +218,7 @@ def _table(entries: Sequence[Entry]) -> list[str]:
                               for name in [*map(dataset_name, run.config.eval.sets), *run.results.get("eval", {})]))
     header = ["run", "aligner", "seed(s)", "epochs", "best epoch", "dev EER (%)",
               *(f"{name} EER (%)" for name in sets), "conflict rate (%)", "skipped steps", "paper EER (%)"]
-    lines = ["## Comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for entry in entries:
         stats = _entry_stats(entry)
         config = entry.runs[0].config
@@ -228,7 +229,8 @@ def _table(entries: Sequence[Entry]) -> list[str]:
                  *(_cell(stats, f"eval/{name}/eer", percent=True) for name in sets),
                  _cell(stats, "conflict_rate", percent=True), _cell(stats, "skipped_steps"),
                  " / ".join(f"{name} {value:.2f}" for name, value in paper.items()) if paper else "–"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = ["## Comparison", "", *table(header, rows)]
     lines += ["", ("EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
               "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
               "The conflict rate is conflicting steps over logged steps with a defined conflict flag "

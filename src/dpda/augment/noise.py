@@ -11,6 +11,7 @@ from torch import Tensor
 from dpda.augment.base import Augmentation, Augmented, check_batch
 from dpda.augment.clips import AUDIO_EXTENSIONS, ClipBank, segment
 from dpda.augment.ops import add_at_snr, check_range, draw_uniform, working_dtype
+
 #: Category -> sub-folder of the MUSAN root. Babble sums several files of ``speech``.
 CATEGORY_FOLDERS = {"noise": "noise", "music": "music", "babble": "speech"}
 #: ``category`` in the parameters is the index into this tuple.

@@ -17,15 +17,16 @@ import torch
 from torch import nn
 
 from dpda.atomic import write_text_atomic
+from dpda.checkpoint import check_architecture, load_weights
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
 from dpda.data.protocols import AUDIO_EXTENSIONS
+from dpda.data.sets import dataset_name, dataset_root, read_dataset
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
+from dpda.markdown import table
 from dpda.models import architecture, build
-from dpda.checkpoint import check_architecture, load_weights
-from dpda.data.sets import dataset_name, dataset_root, read_dataset
 
 
 @dataclass
@@ -101,16 +102,15 @@ def evaluate_sets(detector: Detector, sets: Sequence[tuple[DataSet, list[Utteran
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
+    rows = [[name, entry["utterances"], entry["bonafide"], entry["spoof"],
+             *(f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
+               for k in ("eer", "min_dcf", "act_dcf", "cllr"))] for name, entry in results["sets"].items()]
     lines = [f"# Evaluation of {results['checkpoint']}", "",
-             "| set | utterances | bona fide | spoof | EER | minDCF | actDCF | Cllr |", "|---|---|---|---|---|---|---|---|"]
-    for name, entry in results["sets"].items():
-        cells = [f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
-                 for k in ("eer", "min_dcf", "act_dcf", "cllr")]
-        lines.append(f"| {name} | {entry['utterances']} | {entry['bonafide']} | {entry['spoof']} | " + " | ".join(cells) + " |")
+             *table(["set", "utterances", "bona fide", "spoof", "EER", "minDCF", "actDCF", "Cllr"], rows)]
     for name, entry in results["sets"].items():
         if "eer_per_attack" in entry:
-            lines += ["", f"## {name}: EER per attack", "", "| attack | EER |", "|---|---|"]
-            lines += [f"| {attack} | {value:.2%} |" for attack, value in entry["eer_per_attack"].items()]
+            lines += ["", f"## {name}: EER per attack", "",
+                      *table(["attack", "EER"], [[a, f"{v:.2%}"] for a, v in entry["eer_per_attack"].items()])]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,6 @@ part loads key by key once its ``ssl_model.`` entries are dropped. The back-end'
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dpda.checkpoint import save_weights
 from dpda.config import config_from_dict, config_to_dict
 from dpda.models import build
 from dpda.models.paper_checkpoint import check_name, paper_model_parts, read_state_dict
 from dpda.models.weights import load_strict
-from dpda.checkpoint import save_weights
 
 #: How the paper code scores (main.py, data_utils.py): the bona fide logit of the first 66,800
 #: samples, repeated when shorter; the experiment config of a converted checkpoint says so.

@@ -12,6 +12,7 @@ from typing import Any
 from dpda.atomic import write_text_atomic
 from dpda.config import ExperimentConfig
 from dpda.evaluate.spread import mean_std
+from dpda.markdown import table
 from dpda.train.trainer import run_dir_for, train
 
 
@@ -38,13 +39,12 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def summary_markdown(name: str, summary: Mapping[str, Any]) -> str:
-    lines = [f"# {name}: {len(summary['seeds'])} seed(s) ({', '.join(map(str, summary['seeds']))})", "",
-             "| metric | mean | std | per seed |", "|---|---|---|---|"]
+    rows = []
     for key, entry in summary["metrics"].items():
-        percent = "eer" in key
-        show = (lambda v: f"{v:.2%}") if percent else (lambda v: f"{v:.4g}")
-        lines.append(f"| {key} | {show(entry['mean'])} | {show(entry['std'])} | "
-                     f"{', '.join(show(v) for v in entry['values'])} |")
+        show = (lambda v: f"{v:.2%}") if "eer" in key else (lambda v: f"{v:.4g}")
+        rows.append([key, show(entry["mean"]), show(entry["std"]), ", ".join(show(v) for v in entry["values"])])
+    lines = [f"# {name}: {len(summary['seeds'])} seed(s) ({', '.join(map(str, summary['seeds']))})", "",
+             *table(["metric", "mean", "std", "per seed"], rows)]
     return "\n".join(lines) + "\n"
 
 

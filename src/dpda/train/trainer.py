@@ -31,22 +31,6 @@ from dpda.atomic import write_text_atomic
 from dpda.augment import build_chain, load_chain
 from dpda.augment.base import Augmented
 from dpda.augment.chain import AugmentationChain
-from dpda.config import (
-    ExperimentConfig,
-    OptimConfig,
-    config_to_dict,
-    load_config,
-    save_config,
-)
-from dpda.data import AudioDataset, ResumableLoader
-from dpda.data.dataset import collate
-from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy, set_loss
-from dpda.dualpath.sync import broadcast_module_
-from dpda.evaluate import eer
-from dpda.evaluate.calibration import fit_calibration
-from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
-from dpda.evaluate.scoring import predict, scores_from_logits
-from dpda.models import architecture, build
 from dpda.checkpoint import (
     BestCheckpoints,
     average_weights,
@@ -57,9 +41,25 @@ from dpda.checkpoint import (
     save_state,
     save_weights,
 )
+from dpda.config import (
+    ExperimentConfig,
+    OptimConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from dpda.data import AudioDataset, ResumableLoader
+from dpda.data.dataset import collate
 from dpda.data.sets import DataError, dataset_root, read_dataset
-from dpda.train.paired import PairedDataset, collate_pairs
+from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy, set_loss
+from dpda.dualpath.sync import broadcast_module_
+from dpda.evaluate import eer
+from dpda.evaluate.calibration import fit_calibration
+from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
+from dpda.evaluate.scoring import predict, scores_from_logits
+from dpda.models import architecture, build
 from dpda.train.logger import ConflictMeter, RunLogger, summarise_augmentation
+from dpda.train.paired import PairedDataset, collate_pairs
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
