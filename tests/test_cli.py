@@ -52,13 +52,6 @@ def test_validate_reports_counts_and_broken_files(tmp_path):
     assert completed.returncode == 2 and "protocol.txt:1" in completed.stderr and "unknown label" in completed.stderr
 
 
-def test_protocol_kinds_of_the_parser_match_the_library():
-    from dpda import cli
-    from dpda.data import PROTOCOL_KINDS
-
-    assert cli.PROTOCOL_KINDS == PROTOCOL_KINDS
-
-
 def test_convert_fairseq_writes_a_folder_and_refuses_to_overwrite(tmp_path):
     import torch
     from test_fairseq_convert import XLSR_LIKE, fairseq_names, model_cfg, random_model

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from dpda.config import (
-    DATASET_KINDS,
     ConfigError,
     DataSet,
     ExperimentConfig,
@@ -55,12 +54,6 @@ def test_default_yaml_matches_the_dataclasses():
     check(ExperimentConfig, raw, "top level")
     for name in (f.name for f in dataclasses.fields(DataSet)):  # documented in the commented example
         assert re.search(rf"^\s*#\s+{name}:", text, re.MULTILINE), name
-
-
-def test_dataset_kinds_cover_the_protocol_readers():
-    from dpda.data import PROTOCOL_KINDS
-
-    assert set(PROTOCOL_KINDS) <= set(DATASET_KINDS)
 
 
 def test_file_and_overrides(tmp_path):

@@ -11,7 +11,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 #: Layer of each unit (a subpackage or a top-level module of ``dpda``); ``dpda`` is the package's
 #: own ``__init__`` (its version).
 LAYERS = {
-    "dpda": 0, "atomic": 0, "suggest": 0, "markdown": 0, "align": 0,
+    "dpda": 0, "atomic": 0, "suggest": 0, "markdown": 0, "names": 0, "align": 0,
     "config": 1,
     "data": 2, "models": 2, "checkpoint": 2,
     "dualpath": 3, "augment": 3,

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dpda import __version__
+from dpda.names import DIRECTIONS, PROTOCOL_KINDS
 
 # The heavy libraries (torch, torchjd) are imported by the commands that need them, so that
 # `dpda --version` and `dpda --help` answer at once.
-PROTOCOL_KINDS = ("asvspoof2019", "asvspoof2021", "asvspoof5", "in_the_wild", "for", "csv", "folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +144,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
                     "directions (or the two path gradients), on dev utterances and on their augmented "
                     "versions side by side; writes landscape.png and the raw grid landscape.npz.")
     landscape.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
-    landscape.add_argument("--directions", choices=("filter", "gradients"), default="filter")
+    landscape.add_argument("--directions", choices=DIRECTIONS, default="filter")
     landscape.add_argument("--points", type=int, default=21, help="grid points per axis (odd)")
     landscape.add_argument("--span", type=float, default=1.0, help="grid half-width in direction units")
     landscape.add_argument("--utterances", type=int, default=64, help="dev utterances the loss is taken over")

@@ -25,11 +25,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from dpda.atomic import write_text_atomic
+from dpda.names import DATASET_KINDS, AugmentOrder, CropPolicy, Mode, Precision, ScoreKind
 from dpda.suggest import did_you_mean
-
-#: The protocol kinds a ``DataSet`` may name: those of ``dpda.data.read_protocol`` and the
-#: built-in synthetic set.
-DATASET_KINDS = ("asvspoof2019", "asvspoof2021", "asvspoof5", "in_the_wild", "for", "csv", "folder", "builtin")
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -70,7 +67,7 @@ class DataConfig:
     dev: DataSet | None = None  # development protocol for early stopping and checkpoint choice
     sample_rate: int = 16000  # Hz; audio at another rate is an error
     crop_length: int = 66800  # samples per training crop (the paper's 4.175 s at 16 kHz)
-    crop_policy: Literal["head", "random", "full"] = "head"  # which part is kept (longer) or repeated (shorter)
+    crop_policy: CropPolicy = "head"  # which part is kept (longer) or repeated (shorter)
     workers: int = 2  # data-loader worker processes; 0 loads in the main process
     validate: Literal["header", "decode", "off"] = "header"  # audio check before training
 
@@ -87,7 +84,7 @@ class AugmentConfig:
     chain: str | None = "configs/augment/rawboost_algo4.yaml"  # YAML chain file (dpda.augment.chain)
     inline: dict[str, Any] | None = None  # a chain mapping instead of a file (then chain: null)
     overrides: dict[str, Any] = field(default_factory=dict)  # chain option overrides, {"noise.p": 0.3}
-    order: Literal["crop_then_augment", "augment_then_crop"] = "crop_then_augment"  # augment the crop, or the
+    order: AugmentOrder = "crop_then_augment"  # augment the crop, or the
     # whole decoded utterance before both copies are cropped (the paper code)
     where: Literal["device", "loader"] = "device"  # batched on the training device, or per utterance in the
     # loader workers (the paper code; needed by augment_then_crop, whose utterances differ in length)
@@ -107,12 +104,12 @@ class AugmentConfig:
 class DualPathConfig:
     """How the clean and augmented paths' gradients are formed and combined."""
 
-    mode: Literal["joint", "split", "concat"] = "joint"  # how the two paths go through the model
+    mode: Mode = "joint"  # how the two paths go through the model
     aligner: str = "pcgrad"  # gradient aligner name (`dpda aligners` lists them)
     aligner_options: dict[str, Any] = field(default_factory=dict)  # the aligner's keyword options
     grouping: Literal["model", "layer"] = "model"  # align the whole gradient or each layer's
     class_weights: tuple[float, float] = (0.1, 0.9)  # cross-entropy weights of spoof (0), bona fide (1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast precision of forward passes
+    precision: Precision = "fp32"  # autocast precision of forward passes
     max_grad_norm: float | None = None  # clip the combined gradient to this L2 norm; None: no clipping
     zero_missing_grads: bool = False  # parameters without a gradient (frozen or unused) get a zero one, and
     # the optimizer holds them, so its weight decay moves them (the paper code's aligners)
@@ -192,7 +189,7 @@ class EvalConfig:
     """The sets scored after training and how."""
 
     sets: list[DataSet] = field(default_factory=list)  # evaluation protocols, scored in this order
-    score: Literal["logit_diff", "bonafide_logit"] = "logit_diff"  # bona fide minus spoof logit, or bona fide logit
+    score: ScoreKind = "logit_diff"  # bona fide minus spoof logit, or bona fide logit
     batch_size: int = 8  # utterances per forward pass
     max_seconds: float | None = None  # seconds of audio kept per utterance; None: all of it
 

@@ -48,12 +48,12 @@ if TYPE_CHECKING:
 
 from dpda.atomic import atomic_path
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
+from dpda.names import DIRECTIONS
 
 __all__ = ["DIRECTIONS", "Landscape", "filter_normalized_directions", "gradient_directions", "loss_landscape",
            "plot_landscape", "surface_sharpness"]
 
 #: The kinds of direction pairs ``loss_landscape`` can span.
-DIRECTIONS = ("filter", "gradients")
 _AXIS_NAMES = {
     "filter": ("random direction 1 (filter-normalised)", "random direction 2 (filter-normalised)"),
     "gradients": ("original-path gradient", "augmented-path gradient"),

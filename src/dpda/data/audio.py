@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from math import gcd
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from dpda.names import CROP_POLICIES, CropPolicy
+
 SAMPLE_RATE = 16000
 #: The paper code's training length: the first 66,800 samples (about 4.2 s at 16 kHz).
 PAPER_LENGTH = 66800
 
-CropPolicy = Literal["head", "random", "full"]
-CROP_POLICIES = ("head", "random", "full")
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

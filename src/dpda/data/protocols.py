@@ -55,6 +55,7 @@ from typing import Any
 
 from dpda.data.errors import ProtocolError
 from dpda.data.records import BONAFIDE, SPOOF, Utterance
+from dpda.names import PROTOCOL_KINDS
 
 #: ASVspoof 2019/2021 audio, relative to the partition folder (e.g. ``ASVspoof2019_LA_train``).
 ASVSPOOF_PATH_TEMPLATE = "flac/{utt_id}.flac"
@@ -428,8 +429,8 @@ _READERS: dict[str, Callable[..., list[Utterance]]] = {
     "csv": read_csv,
     "folder": read_folder,
 }
-#: The kinds ``read_protocol`` knows.
-PROTOCOL_KINDS = tuple(_READERS)
+if set(_READERS) != set(PROTOCOL_KINDS):  # one reader per kind dpda.names lists, checked on import
+    raise ImportError(f"protocol readers {sorted(_READERS)} do not match dpda.names.PROTOCOL_KINDS")
 
 
 def read_protocol(kind: str, path: str | Path, **options: Any) -> list[Utterance]:

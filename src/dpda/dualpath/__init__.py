@@ -2,7 +2,8 @@
 
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, set_loss
 from dpda.dualpath.scaler import LossScaler
-from dpda.dualpath.step import MODES, PRECISIONS, DualPathStep, StepStats
+from dpda.dualpath.step import DualPathStep, StepStats
+from dpda.names import MODES, PRECISIONS
 
 __all__ = ["MODES", "PRECISIONS", "DualPathStep", "LossScaler", "PathLoss", "StepStats", "WeightedCrossEntropy",
            "set_loss"]

@@ -13,7 +13,6 @@ import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -30,11 +29,8 @@ from dpda.align import (
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 from dpda.dualpath.scaler import LossScaler
 from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distributed
+from dpda.names import MODES, PRECISIONS, Mode, Precision
 
-Mode = Literal["joint", "split", "concat"]
-Precision = Literal["fp32", "bf16", "fp16"]
-MODES = ("joint", "split", "concat")
-PRECISIONS = ("fp32", "bf16", "fp16")
 ORIG, AUG = 0, 1
 
 

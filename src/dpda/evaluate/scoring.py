@@ -15,10 +15,10 @@ from tqdm import tqdm
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
 from dpda.dualpath.loss import logits_of
+from dpda.names import SCORE_KINDS
 
 #: How a score is read from the two logits (index 1 = bona fide): the log-odds margin, or the
 #: bona fide logit alone (what the paper code writes).
-SCORE_KINDS = ("logit_diff", "bonafide_logit")
 
 
 def scores_from_logits(logits: Tensor, kind: str = "logit_diff") -> Tensor:

@@ -11,7 +11,6 @@ neither on the worker that loads an item nor on a resume.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,8 +20,8 @@ from torch.utils.data import Dataset
 from dpda.augment.base import Augmentation
 from dpda.augment.chain import expand_rows
 from dpda.data.dataset import AudioDataset, collate
+from dpda.names import AugmentOrder
 
-Order = Literal["crop_then_augment", "augment_then_crop"]
 #: (original, augmented, label, drawn parameters, utterance id)
 PairedItem = tuple[np.ndarray, np.ndarray, int, dict[str, Tensor], str]
 #: (original (B, T), augmented (B, T), labels (B,), parameters with batch first, utterance ids)
@@ -32,7 +31,7 @@ PairedBatch = tuple[Tensor, Tensor, Tensor, dict[str, Tensor], list[str]]
 class PairedDataset(Dataset):
     """``audio``'s utterances with their augmented copies, made by ``augmentation`` on the CPU."""
 
-    def __init__(self, audio: AudioDataset, augmentation: Augmentation, order: Order, seed: int) -> None:
+    def __init__(self, audio: AudioDataset, augmentation: Augmentation, order: AugmentOrder, seed: int) -> None:
         if order not in ("crop_then_augment", "augment_then_crop"):
             raise ValueError(f"unknown augmentation order {order!r}; valid: crop_then_augment, augment_then_crop")
         self.audio = audio
