@@ -25,8 +25,8 @@ class CAGrad(Aligner):
     ``(g_mean + c / |g_x| * g_x) / (1 + calpha^2)``. SLSQP's absolute tolerance on the
     objective (1e-6) exceeds the objective's whole range once the gradients are small (norms
     below about 0.03), so there it stops at its start and the result is about 1.2x the mean
-    gradient. This class runs that same solve on the 2x2 Gram matrix (a few hundred
-    microseconds), so a paper config reproduces the paper's updates at every gradient norm;
+    gradient. This class runs that same solve on the 2x2 Gram matrix (about 1.4 ms per group,
+    BENCHMARKS.md), so a paper config reproduces the paper's updates at every gradient norm;
     ``CAGradExact`` is the true optimum.
     """
 

@@ -66,6 +66,7 @@ def set_loss(loss: PathLoss, logits: Tensor, labels: Tensor, batch_size: int | N
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     total = 0.0
     for start in range(0, len(labels), batch_size):
-        numerator, denominator = loss(logits[start: start + batch_size], labels[start: start + batch_size])
-        total += float(numerator / denominator) * len(labels[start: start + batch_size])
+        batch = slice(start, start + batch_size)
+        numerator, denominator = loss(logits[batch], labels[batch])
+        total += float(numerator / denominator) * len(labels[batch])
     return total / len(labels) if len(labels) else float("nan")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from dpda.augment.base import Augmentation
 from dpda.augment.chain import expand_rows
 from dpda.data.dataset import AudioDataset, collate
-from dpda.names import AugmentOrder
+from dpda.names import AUGMENT_ORDERS, AugmentOrder
 
 #: (original, augmented, label, drawn parameters, utterance id)
 PairedItem = tuple[np.ndarray, np.ndarray, int, dict[str, Tensor], str]
@@ -32,8 +32,8 @@ class PairedDataset(Dataset):
     """``audio``'s utterances with their augmented copies, made by ``augmentation`` on the CPU."""
 
     def __init__(self, audio: AudioDataset, augmentation: Augmentation, order: AugmentOrder, seed: int) -> None:
-        if order not in ("crop_then_augment", "augment_then_crop"):
-            raise ValueError(f"unknown augmentation order {order!r}; valid: crop_then_augment, augment_then_crop")
+        if order not in AUGMENT_ORDERS:
+            raise ValueError(f"unknown augmentation order {order!r}; valid: {', '.join(AUGMENT_ORDERS)}")
         self.audio = audio
         self.augmentation = augmentation.cpu()
         self.order = order
@@ -48,13 +48,12 @@ class PairedDataset(Dataset):
         whole = self.audio.decode(index)
         generator = torch.Generator().manual_seed(_key_seed(self.seed, epoch, index))
         if self.order == "augment_then_crop":
-            augmented = self._augment(whole, generator)
-            original, augmented_audio = self.audio.fit(whole, epoch, index), self.audio.fit(augmented[0], epoch, index)
+            augmented, params = self._augment(whole, generator)
+            original, augmented = self.audio.fit(whole, epoch, index), self.audio.fit(augmented, epoch, index)
         else:
             original = self.audio.fit(whole, epoch, index)
-            augmented = self._augment(original, generator)
-            augmented_audio = augmented[0]
-        return original, augmented_audio, record.label, augmented[1], record.utt_id
+            augmented, params = self._augment(original, generator)
+        return original, augmented, record.label, params, record.utt_id
 
     def _augment(self, audio: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, dict[str, Tensor]]:
         with torch.no_grad():
