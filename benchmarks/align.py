@@ -54,6 +54,7 @@ def worker(variant: str, repeats: int) -> None:
             w_o, w_a = aligner.weights(gram)[0].tolist()
             combine_(g_o, g_a, w_o, w_a)  # type: ignore[arg-type]
     else:
+
         def run() -> None:
             flats = [torch.cat([g.flatten() for g in grads]) for grads in (g_o, g_a)]
             masks = [torch.cat([torch.ones_like(g).flatten() for g in grads]) for grads in (g_o, g_a)]
@@ -61,7 +62,7 @@ def worker(variant: str, repeats: int) -> None:
             del flats, masks
             offset = 0
             for g in g_o:
-                g.copy_(merged[offset: offset + g.numel()].view_as(g).clone())
+                g.copy_(merged[offset : offset + g.numel()].view_as(g).clone())
                 offset += g.numel()
 
     result = time_and_memory(run, repeats, torch.device("cpu"))
@@ -80,19 +81,27 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.repeats)
         return 0
-    results = {v: run_worker(__file__, ["--repeats", str(args.repeats), "--threads", str(args.threads),
-                                        "--worker", v]) for v in ("dpda", "paper")}
+    results = {
+        v: run_worker(__file__, ["--repeats", str(args.repeats), "--threads", str(args.threads), "--worker", v])
+        for v in ("dpda", "paper")
+    }
     dpda, paper = results["dpda"], results["paper"]
     set_mb = dpda["parameters"] * 4 / 2**20
-    print(f"# CPU, {args.threads} threads, {dpda['parameters'] / 1e6:.0f}M parameters in {dpda['tensors']} "
-          f"tensors (one gradient set: {set_mb:.0f} MiB), PCGrad, median of {args.repeats}")
+    print(
+        f"# CPU, {args.threads} threads, {dpda['parameters'] / 1e6:.0f}M parameters in {dpda['tensors']} "
+        f"tensors (one gradient set: {set_mb:.0f} MiB), PCGrad, median of {args.repeats}"
+    )
     for name, r in results.items():
-        print(f"{name:6s} {r['median_s']:8.3f} s  extra peak memory {r['peak_mb']:8.0f} MiB "
-              f"({r['peak_mb'] / set_mb:.2f} gradient sets)")
+        print(
+            f"{name:6s} {r['median_s']:8.3f} s  extra peak memory {r['peak_mb']:8.0f} MiB "
+            f"({r['peak_mb'] / set_mb:.2f} gradient sets)"
+        )
     speedup = paper["median_s"] / dpda["median_s"]
     ok = speedup >= 20 and dpda["peak_mb"] < 0.05 * set_mb
-    print(f"speed-up {speedup:.1f}x (target >= 20x); dpda's extra memory {dpda['peak_mb']:.0f} MiB "
-          f"(target: no model-size buffer)  {'PASS' if ok else 'FAIL'}")
+    print(
+        f"speed-up {speedup:.1f}x (target >= 20x); dpda's extra memory {dpda['peak_mb']:.0f} MiB "
+        f"(target: no model-size buffer)  {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

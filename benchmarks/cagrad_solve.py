@@ -68,17 +68,23 @@ def main() -> int:
             "layer": time_and_memory(lambda: aligner.weights(per_layer), args.repeats, cpu)["median_s"],
             "pass": time_and_memory(align_pass, args.repeats, cpu)["median_s"],
         }
-    print(f"# CPU, {args.threads} threads; weights of 1 Gram matrix (grouping: model) and of {LAYER_GROUPS} "
-          f"(grouping: layer, XLS-R 300M); alignment pass at XLS-R 300M size "
-          f"({sum(torch.Size(s).numel() for s in shapes) / 1e6:.0f}M parameters); median of {args.repeats}")
+    print(
+        f"# CPU, {args.threads} threads; weights of 1 Gram matrix (grouping: model) and of {LAYER_GROUPS} "
+        f"(grouping: layer, XLS-R 300M); alignment pass at XLS-R 300M size "
+        f"({sum(torch.Size(s).numel() for s in shapes) / 1e6:.0f}M parameters); median of {args.repeats}"
+    )
     print(f"{'aligner':14s} {'model (us)':>11s} {'layer (ms)':>11s} {'pass (s)':>9s} {'solve / pass':>13s}")
     for name, row in rows.items():
-        print(f"{name:14s} {row['model'] * 1e6:11.0f} {row['layer'] * 1e3:11.1f} {row['pass']:9.3f} "
-              f"{row['model'] / row['pass']:12.2%}")
+        print(
+            f"{name:14s} {row['model'] * 1e6:11.0f} {row['layer'] * 1e3:11.1f} {row['pass']:9.3f} "
+            f"{row['model'] / row['pass']:12.2%}"
+        )
     share = rows["cagrad"]["model"] / rows["cagrad"]["pass"]
     passed = share <= TARGET_SHARE
-    print(f"paper-exact CAGrad solve: {share:.2%} of the XLS-R alignment pass (grouping: model)  "
-          f"{'PASS' if passed else 'FAIL'} (target <= {TARGET_SHARE:.0%})")
+    print(
+        f"paper-exact CAGrad solve: {share:.2%} of the XLS-R alignment pass (grouping: model)  "
+        f"{'PASS' if passed else 'FAIL'} (target <= {TARGET_SHARE:.0%})"
+    )
     return 0 if passed else 1
 
 

@@ -51,8 +51,10 @@ def main() -> int:
     torch.manual_seed(0)
     x = 0.1 * torch.randn(args.batch, int(args.seconds * 16000), device=args.device)
     ssl = {"source": args.ssl_source} if args.ssl_source else {"tiny": "wav2vec2"}
-    print(f"# {args.device}, {args.threads} threads, batch {args.batch} x {args.seconds} s, train mode, "
-          f"median of {args.repeats}; SSL front-end: {args.ssl_source or 'tiny random wav2vec2'}")
+    print(
+        f"# {args.device}, {args.threads} threads, batch {args.batch} x {args.seconds} s, train mode, "
+        f"median of {args.repeats}; SSL front-end: {args.ssl_source or 'tiny random wav2vec2'}"
+    )
     for name in args.models:
         config = {"name": name, **({"ssl": ssl} if name.startswith("xlsr_") else {})}
         model = build(config).to(args.device).train()

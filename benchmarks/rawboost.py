@@ -80,11 +80,22 @@ def load_reference(path: Path) -> types.ModuleType:
 def reference_options(rawboost: Any) -> types.SimpleNamespace:
     """The reference's option names, with dpda's (identical) defaults."""
     return types.SimpleNamespace(
-        nBands=rawboost.n_bands, minF=rawboost.min_freq, maxF=rawboost.max_freq, minBW=rawboost.min_bandwidth,
-        maxBW=rawboost.max_bandwidth, minCoeff=rawboost.min_taps, maxCoeff=rawboost.max_taps,
-        minG=rawboost.min_gain_db, maxG=rawboost.max_gain_db, minBiasLinNonLin=rawboost.min_bias_db,
-        maxBiasLinNonLin=rawboost.max_bias_db, N_f=rawboost.n_orders, P=rawboost.max_isd_percent,
-        g_sd=rawboost.isd_gain, SNRmin=rawboost.min_snr_db, SNRmax=rawboost.max_snr_db,
+        nBands=rawboost.n_bands,
+        minF=rawboost.min_freq,
+        maxF=rawboost.max_freq,
+        minBW=rawboost.min_bandwidth,
+        maxBW=rawboost.max_bandwidth,
+        minCoeff=rawboost.min_taps,
+        maxCoeff=rawboost.max_taps,
+        minG=rawboost.min_gain_db,
+        maxG=rawboost.max_gain_db,
+        minBiasLinNonLin=rawboost.min_bias_db,
+        maxBiasLinNonLin=rawboost.max_bias_db,
+        N_f=rawboost.n_orders,
+        P=rawboost.max_isd_percent,
+        g_sd=rawboost.isd_gain,
+        SNRmin=rawboost.min_snr_db,
+        SNRmax=rawboost.max_snr_db,
     )
 
 
@@ -112,8 +123,10 @@ def worker(args: argparse.Namespace) -> None:
         for utterance in utterances:
             reference.process_Rawboost_feature(utterance, rawboost.sample_rate, reference_args, ALGO)
 
-    seconds = {"reference": time_and_memory(run_reference, args.repeats, torch.device("cpu"))["median_s"],
-               "dpda": time_and_memory(lambda: rawboost(batch, generator), args.repeats, device)["median_s"]}
+    seconds = {
+        "reference": time_and_memory(run_reference, args.repeats, torch.device("cpu"))["median_s"],
+        "dpda": time_and_memory(lambda: rawboost(batch, generator), args.repeats, device)["median_s"],
+    }
     if device.type == "cuda":
         seconds["device_name"] = torch.cuda.get_device_name(device)
     print(json.dumps(seconds))
@@ -144,11 +157,13 @@ def loader_worker(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         records = []
         for i, length in enumerate(lengths):
-            sf.write(f"{folder}/{i}.wav", (0.1 * rng.standard_normal(length)).astype(np.float32), 16000,
-                     subtype="FLOAT")
+            sf.write(
+                f"{folder}/{i}.wav", (0.1 * rng.standard_normal(length)).astype(np.float32), 16000, subtype="FLOAT"
+            )
             records.append(Utterance(str(i), f"{i}.wav", i % 2))
-        dataset = PairedDataset(AudioDataset(records, folder, length=CROP, crop="head", seed=0), chain,
-                                "augment_then_crop", seed=0)
+        dataset = PairedDataset(
+            AudioDataset(records, folder, length=CROP, crop="head", seed=0), chain, "augment_then_crop", seed=0
+        )
         epoch = iter(range(10**6))
 
         def run_dpda() -> None:
@@ -162,9 +177,11 @@ def loader_worker(args: argparse.Namespace) -> None:
                 noisy = reference.process_Rawboost_feature(x, rate, reference_args, ALGO)
                 fit_length(x, CROP, "head"), fit_length(np.asarray(noisy, dtype=np.float32), CROP, "head")
 
-        seconds = {"reference": time_and_memory(run_reference, args.repeats, torch.device("cpu"))["median_s"],
-                   "dpda": time_and_memory(run_dpda, args.repeats, torch.device("cpu"))["median_s"],
-                   "audio_s": float(lengths.sum() / 16000)}
+        seconds = {
+            "reference": time_and_memory(run_reference, args.repeats, torch.device("cpu"))["median_s"],
+            "dpda": time_and_memory(run_dpda, args.repeats, torch.device("cpu"))["median_s"],
+            "audio_s": float(lengths.sum() / 16000),
+        }
     print(json.dumps(seconds))
 
 
@@ -172,16 +189,19 @@ def report_loader(args: argparse.Namespace, common: list[str]) -> int:
     results = {allocator: run_worker(__file__, common) for allocator in list(ALLOCATORS)[:1]}
     seconds = results["glibc default"]
     audio = seconds["audio_s"]
-    print(f"# one loader worker, paper order (augment the whole utterance, then crop to {CROP}): "
-          f"{args.batch} utterances of {LOADER_SECONDS[0]:g}-{LOADER_SECONDS[1]:g} s ({audio:.1f} s of audio) "
-          f"read from WAV; RawBoost algorithm {ALGO}; one CPU thread; median of {args.repeats}")
+    print(
+        f"# one loader worker, paper order (augment the whole utterance, then crop to {CROP}): "
+        f"{args.batch} utterances of {LOADER_SECONDS[0]:g}-{LOADER_SECONDS[1]:g} s ({audio:.1f} s of audio) "
+        f"read from WAV; RawBoost algorithm {ALGO}; one CPU thread; median of {args.repeats}"
+    )
     for variant in ("reference", "dpda"):
-        print(f"{variant:10s} {seconds[variant] * 1e3:9.1f} ms/{args.batch} items  "
-              f"{audio / seconds[variant]:7.1f}x real time")
+        print(
+            f"{variant:10s} {seconds[variant] * 1e3:9.1f} ms/{args.batch} items  "
+            f"{audio / seconds[variant]:7.1f}x real time"
+        )
     speed_up = seconds["reference"] / seconds["dpda"]
     passed = speed_up >= LOADER_SPEED_UP_TARGET
-    print(f"dpda / reference: {speed_up:.2f}x  {'PASS' if passed else 'FAIL'} "
-          f"(target >= {LOADER_SPEED_UP_TARGET:g}x)")
+    print(f"dpda / reference: {speed_up:.2f}x  {'PASS' if passed else 'FAIL'} (target >= {LOADER_SPEED_UP_TARGET:g}x)")
     return 0 if passed else 1
 
 
@@ -192,8 +212,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="utterances per batch")
     parser.add_argument("--samples", type=int, default=64600, help="samples per utterance (16 kHz)")
     parser.add_argument("--repeats", type=int, default=7, help="timed batches per variant (median)")
-    parser.add_argument("--loader", action="store_true",
-                        help="time one loader worker in the paper's order on whole 1-10 s utterances")
+    parser.add_argument(
+        "--loader", action="store_true", help="time one loader worker in the paper's order on whole 1-10 s utterances"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -201,8 +222,19 @@ def main() -> int:
         return 0
     if not args.reference.is_file():
         raise SystemExit(f"{args.reference} is not a file; see the instructions at the top of this script")
-    common = ["--reference", str(args.reference.resolve()), "--device", args.device, "--batch", str(args.batch),
-              "--samples", str(args.samples), "--repeats", str(args.repeats), "--worker"]
+    common = [
+        "--reference",
+        str(args.reference.resolve()),
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--samples",
+        str(args.samples),
+        "--repeats",
+        str(args.repeats),
+        "--worker",
+    ]
     if args.loader:
         os.environ.update(ONE_THREAD)
         return report_loader(args, [*common, "--loader"])
@@ -217,20 +249,27 @@ def main() -> int:
         results[allocator] = run_worker(__file__, common)
     audio_seconds = args.batch * args.samples / 16000
     dpda_device = results[allocators[0]].get("device_name", "CPU")
-    print(f"# RawBoost algorithm {ALGO}; {args.batch} utterances x {args.samples} samples ({audio_seconds:.1f} s "
-          f"of audio at 16 kHz); reference: NumPy on CPU, one utterance at a time; dpda: the batch on "
-          f"{dpda_device}; one CPU thread each, both in one process; median of {args.repeats}")
+    print(
+        f"# RawBoost algorithm {ALGO}; {args.batch} utterances x {args.samples} samples ({audio_seconds:.1f} s "
+        f"of audio at 16 kHz); reference: NumPy on CPU, one utterance at a time; dpda: the batch on "
+        f"{dpda_device}; one CPU thread each, both in one process; median of {args.repeats}"
+    )
     passed = True
     for i, (allocator, seconds) in enumerate(results.items()):
         for variant in ("reference", "dpda"):
-            print(f"{allocator:26s} {variant:10s} {seconds[variant] * 1e3:9.1f} ms/batch  "
-                  f"{audio_seconds / seconds[variant]:9.0f}x real time")
+            print(
+                f"{allocator:26s} {variant:10s} {seconds[variant] * 1e3:9.1f} ms/batch  "
+                f"{audio_seconds / seconds[variant]:9.0f}x real time"
+            )
         speed_up, real_time = seconds["reference"] / seconds["dpda"], audio_seconds / seconds["dpda"]
         verdict = ""
         if i == 0:
             passed = real_time >= GPU_REAL_TIME_TARGET if on_gpu else speed_up >= CPU_SPEED_UP_TARGET
-            target = (f"dpda >= {GPU_REAL_TIME_TARGET:,.0f}x real time" if on_gpu
-                      else f"dpda >= {CPU_SPEED_UP_TARGET:g}x the reference")
+            target = (
+                f"dpda >= {GPU_REAL_TIME_TARGET:,.0f}x real time"
+                if on_gpu
+                else f"dpda >= {CPU_SPEED_UP_TARGET:g}x the reference"
+            )
             verdict = f"  {'PASS' if passed else 'FAIL'} (target {target})"
         print(f"{allocator:26s} dpda / reference: {speed_up:.1f}x{verdict}")
     return 0 if passed else 1

@@ -39,8 +39,9 @@ CLASS_WEIGHTS = (0.1, 0.9)
 
 def make_step(variant: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str):
     if variant in ("concat", "split", "joint"):
-        engine = DualPathStep(model, optimizer, "mean" if variant == "concat" else "pcgrad",
-                              mode=variant, precision=precision)
+        engine = DualPathStep(
+            model, optimizer, "mean" if variant == "concat" else "pcgrad", mode=variant, precision=precision
+        )
         return lambda x, x_aug, y: engine(x, x_aug, y)
     params = [p for p in model.parameters() if p.requires_grad]
     weight = torch.tensor(CLASS_WEIGHTS, device=params[0].device)
@@ -49,8 +50,10 @@ def make_step(variant: str, model: torch.nn.Module, optimizer: torch.optim.Optim
     def path_losses(x, x_aug, y):
         with autocast:
             logits = model(torch.cat([x, x_aug]))[1].float()
-        return (F.cross_entropy(logits[: len(y)], y, weight=weight),
-                F.cross_entropy(logits[len(y):], y, weight=weight))
+        return (
+            F.cross_entropy(logits[: len(y)], y, weight=weight),
+            F.cross_entropy(logits[len(y) :], y, weight=weight),
+        )
 
     if variant == "joint_batched":
         aligner = make_aligner("pcgrad")
@@ -73,14 +76,18 @@ def make_step(variant: str, model: torch.nn.Module, optimizer: torch.optim.Optim
         for loss in path_losses(x, x_aug, y):
             optimizer.zero_grad(set_to_none=True)
             loss.backward(retain_graph=True)
-            flats.append(torch.cat([(p.grad.clone() if p.grad is not None else torch.zeros_like(p)).flatten()
-                                    for p in params]))
-            masks.append(torch.cat([(torch.ones_like(p) if p.grad is not None else torch.zeros_like(p)).flatten()
-                                    for p in params]))
+            flats.append(
+                torch.cat([(p.grad.clone() if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+            )
+            masks.append(
+                torch.cat(
+                    [(torch.ones_like(p) if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+                )
+            )
         combined = paper_pcgrad(flats, masks)
         offset = 0
         for p in params:
-            p.grad = combined[offset: offset + p.numel()].view_as(p).clone()
+            p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         optimizer.step()
 
@@ -130,13 +137,27 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
-    common = ["--device", args.device, "--precision", args.precision, "--per-path", str(args.per_path),
-              "--seconds", str(args.seconds), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    common = [
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--per-path",
+        str(args.per_path),
+        "--seconds",
+        str(args.seconds),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     variants = ["concat", *(v for v in args.variants if v != "concat")]
     trainable = sum(p.numel() for p in build({"name": "aasist_l"}).parameters() if p.requires_grad)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    print(f"# {device_name}, {args.precision}, {args.per_path} utterances per path x {args.seconds} s, "
-          f"AASIST-L ({trainable} trainable parameters), median of {args.repeats}")
+    print(
+        f"# {device_name}, {args.precision}, {args.per_path} utterances per path x {args.seconds} s, "
+        f"AASIST-L ({trainable} trainable parameters), median of {args.repeats}"
+    )
     results = {v: run_worker(__file__, [*common, "--worker", v]) for v in variants}
     base = results["concat"]
     targets = {"split": (1.05, 1.10), "joint": (1.8, None)}
@@ -148,10 +169,15 @@ def main() -> int:
             max_time, max_memory = targets[variant]
             ok = time_ratio <= max_time and (max_memory is None or memory_ratio <= max_memory)
             failed |= not ok
-            verdict = ("PASS" if ok else "FAIL") + f" (target time <= {max_time}x" + (
-                f", memory <= {max_memory}x)" if max_memory else ")")
-        print(f"{variant:14s} {r['median_s']:8.3f} s/step  {time_ratio:5.2f}x time  "
-              f"{r['peak_mb']:8.1f} MiB peak  {memory_ratio:5.2f}x memory  {verdict}")
+            verdict = (
+                ("PASS" if ok else "FAIL")
+                + f" (target time <= {max_time}x"
+                + (f", memory <= {max_memory}x)" if max_memory else ")")
+            )
+        print(
+            f"{variant:14s} {r['median_s']:8.3f} s/step  {time_ratio:5.2f}x time  "
+            f"{r['peak_mb']:8.1f} MiB peak  {memory_ratio:5.2f}x memory  {verdict}"
+        )
     return 1 if failed else 0
 
 

@@ -35,13 +35,21 @@ CROP = 32000  # 2 s: the built-in corpus' utterances are 1-6 s
 
 
 def experiment(corpus: Path, model: str, out: Path, steps: int, batch: int, epochs: int) -> dict:
-    return {"name": model, "seed": 1, "output_dir": str(out),
-            "data": {"train": {"kind": "builtin", "protocol": str(corpus / "protocols/train.txt")},
-                     "crop_length": CROP, "workers": 2, "validate": "off"},
-            "model": {"name": model}, "optim": {"lr": 1e-4},
-            "train": {"batch_size": batch, "epochs": epochs, "max_steps_per_epoch": steps, "n_best": 1,
-                      "patience": None},
-            "logging": {"progress": False}}
+    return {
+        "name": model,
+        "seed": 1,
+        "output_dir": str(out),
+        "data": {
+            "train": {"kind": "builtin", "protocol": str(corpus / "protocols/train.txt")},
+            "crop_length": CROP,
+            "workers": 2,
+            "validate": "off",
+        },
+        "model": {"name": model},
+        "optim": {"lr": 1e-4},
+        "train": {"batch_size": batch, "epochs": epochs, "max_steps_per_epoch": steps, "n_best": 1, "patience": None},
+        "logging": {"progress": False},
+    }
 
 
 def bare(config: dict, steps: int) -> float:
@@ -53,8 +61,12 @@ def bare(config: dict, steps: int) -> float:
     batches = [collate([dataset[(i * batch + j) % len(dataset)] for j in range(batch)]) for i in range(steps)]
     torch.manual_seed(1)
     model = build(parsed.model)
-    engine = DualPathStep(model, make_optimizer(parsed.optim, model.parameters()), make_aligner("pcgrad"),
-                          loss=WeightedCrossEntropy((0.1, 0.9)))
+    engine = DualPathStep(
+        model,
+        make_optimizer(parsed.optim, model.parameters()),
+        make_aligner("pcgrad"),
+        loss=WeightedCrossEntropy((0.1, 0.9)),
+    )
     chain = make_chain(parsed)
     generator = torch.Generator().manual_seed(1)
     start = time.perf_counter()
@@ -90,9 +102,19 @@ def main() -> int:
             trained = full(config)
         ratio = trained / reference
         failed |= ratio > 1.05
-        print(json.dumps({"model": model, "steps": args.steps * args.epochs, "batch_per_path": args.batch,
-                          "bare_s": round(reference, 2), "trainer_s": round(trained, 2),
-                          "ratio": round(ratio, 3), "target": 1.05}))
+        print(
+            json.dumps(
+                {
+                    "model": model,
+                    "steps": args.steps * args.epochs,
+                    "batch_per_path": args.batch,
+                    "bare_s": round(reference, 2),
+                    "trainer_s": round(trained, 2),
+                    "ratio": round(ratio, 3),
+                    "target": 1.05,
+                }
+            )
+        )
     return 1 if failed else 0
 
 

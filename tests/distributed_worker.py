@@ -25,8 +25,9 @@ def train(mode: str, aligner: str, rank: int, world: int) -> dict[str, torch.Ten
     """STEPS steps, each over GLOBAL_BATCH utterances split across ranks and micro-batches.
     Every rank starts from a different initialisation: the engine broadcasts rank 0's."""
     model = TinyDetector(seed=rank)
-    engine = DualPathStep(model, torch.optim.Adam(model.parameters(), lr=1e-2), aligner, mode=mode,
-                          bucket_mb=0.0005)  # tiny buckets, so several all-reduce calls happen
+    engine = DualPathStep(
+        model, torch.optim.Adam(model.parameters(), lr=1e-2), aligner, mode=mode, bucket_mb=0.0005
+    )  # tiny buckets, so several all-reduce calls happen
     for step in range(STEPS):
         x, x_aug, labels = batch(size=GLOBAL_BATCH, seed=10 + step)
         labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1])  # uneven class counts per rank

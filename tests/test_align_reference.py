@@ -44,8 +44,12 @@ def ulp_neighbours(gram: torch.Tensor) -> list[torch.Tensor]:
     """``gram`` and the Gram matrices whose float32 entries lie one rounding step from its own."""
     (oo, oa), (_, aa) = np.float32(gram[0].numpy())
     steps = [lambda v: v, lambda v: np.nextafter(v, np.float32(np.inf)), lambda v: np.nextafter(v, np.float32(-np.inf))]
-    return [torch.tensor([[[f(oo), g(oa)], [g(oa), h(aa)]]], dtype=torch.float64)
-            for f in steps for g in steps for h in steps]
+    return [
+        torch.tensor([[[f(oo), g(oa)], [g(oa), h(aa)]]], dtype=torch.float64)
+        for f in steps
+        for g in steps
+        for h in steps
+    ]
 
 
 def combined(weights: torch.Tensor, g_o: np.ndarray, g_a: np.ndarray) -> torch.Tensor:
@@ -68,17 +72,24 @@ def test_cagrad_reproduces_the_paper_at_every_gradient_norm(scales):
     aligner = make_aligner("cagrad")
     for i in range(scales["g_orig"].shape[0]):
         pair = [torch.from_numpy(scales["g_orig"][i]), torch.from_numpy(scales["g_aug"][i])]
-        assert relative_error(aligner.align(pair), scales["cagrad"][i]) <= 1e-3, \
+        assert relative_error(aligner.align(pair), scales["cagrad"][i]) <= 1e-3, (
             f"pair {i}, |g_orig| {scales['norm_scale'][i]}"
+        )
 
 
 def test_cagrad_exact_is_not_the_paper_at_small_norms(scales):
     """The true optimum departs from the paper's output where its solver stalls (the reason
     ``cagrad`` runs the paper's solver), and agrees with it at ordinary norms."""
     exact = make_aligner("cagrad_exact")
-    errors = np.array([relative_error(exact.align([torch.from_numpy(scales["g_orig"][i]),
-                                                   torch.from_numpy(scales["g_aug"][i])]), scales["cagrad"][i])
-                       for i in range(scales["g_orig"].shape[0])])
+    errors = np.array(
+        [
+            relative_error(
+                exact.align([torch.from_numpy(scales["g_orig"][i]), torch.from_numpy(scales["g_aug"][i])]),
+                scales["cagrad"][i],
+            )
+            for i in range(scales["g_orig"].shape[0])
+        ]
+    )
     small, large = scales["norm_scale"] <= 1e-2, scales["norm_scale"] >= 1
     assert errors[small].max() > 0.1
     assert errors[large].max() <= 1e-3
@@ -110,6 +121,7 @@ def test_gradvac_matches_paper_code_in_sequence(official):
 
 
 # An independent numpy re-computation of the paper code's algorithms on full vectors.
+
 
 def pcgrad_flat(g_o: np.ndarray, g_a: np.ndarray) -> np.ndarray:
     projected = []
@@ -145,9 +157,13 @@ def cagrad_flat(g_o: np.ndarray, g_a: np.ndarray, calpha: float = 0.5) -> np.nda
     def objective(x):
         return x @ gram @ b + c * np.sqrt(x @ gram @ x + 1e-8)
 
-    result = minimize(objective, b.copy(), bounds=((0, 1), (0, 1)),
-                      constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
-                      options={"ftol": 1e-14, "maxiter": 500})
+    result = minimize(
+        objective,
+        b.copy(),
+        bounds=((0, 1), (0, 1)),
+        constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
     gw = result.x @ grads
     return (grads.mean(0) + c / (np.linalg.norm(gw) + 1e-8) * gw) / (1 + calpha**2)
 

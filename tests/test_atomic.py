@@ -31,8 +31,13 @@ def test_outputs_get_the_umasks_permissions(tmp_path, umask_022):
     save_weights(tmp_path / "final.safetensors", {"w": torch.zeros(2)}, {"config": {}})
     save_config(ExperimentConfig(), tmp_path / "config.yaml")
     save_state(tmp_path / "state", {"step": 3, "weights": torch.ones(2)})
-    files = ["results.json", "final.safetensors", "final.json", "config.yaml", *(
-        str(p.relative_to(tmp_path)) for p in (tmp_path / "state").iterdir())]
+    files = [
+        "results.json",
+        "final.safetensors",
+        "final.json",
+        "config.yaml",
+        *(str(p.relative_to(tmp_path)) for p in (tmp_path / "state").iterdir()),
+    ]
     assert {name: mode(tmp_path / name) for name in files} == {name: 0o644 for name in files}
     with atomic_folder(tmp_path / "converted") as folder:
         (folder / "config.json").write_text("{}")

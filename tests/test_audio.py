@@ -19,9 +19,16 @@ def dominant_frequency(audio: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize("rate, fmt, subtype", [(16000, "WAV", "PCM_16"), (8000, "FLAC", "PCM_16"),
-                                                (22050, "WAV", "FLOAT"), (44100, "OGG", "VORBIS"),
-                                                (48000, "FLAC", "PCM_24")])
+@pytest.mark.parametrize(
+    "rate, fmt, subtype",
+    [
+        (16000, "WAV", "PCM_16"),
+        (8000, "FLAC", "PCM_16"),
+        (22050, "WAV", "FLOAT"),
+        (44100, "OGG", "VORBIS"),
+        (48000, "FLAC", "PCM_24"),
+    ],
+)
 def test_load_resamples_to_16k_mono(tmp_path, rate, fmt, subtype):
     stereo = np.stack([tone(440, 1.0, rate), tone(440, 1.0, rate)], axis=1)
     path = tmp_path / f"x.{fmt.lower()}"

@@ -57,8 +57,14 @@ def test_stages_apply_in_order_with_prefixed_parameters_and_labels_for_repeats()
     assert chain.labels == ["gain", "speed", "gain_2"]
     out = chain.augment(x, seeded())
     torch.testing.assert_close(out.audio, x * 10 ** (12 / 20))
-    assert set(out.params) == {"gain.applied", "gain.gain_db", "speed.applied", "speed.speed", "gain_2.applied",
-                               "gain_2.gain_db"}
+    assert set(out.params) == {
+        "gain.applied",
+        "gain.gain_db",
+        "speed.applied",
+        "speed.speed",
+        "gain_2.applied",
+        "gain_2.gain_db",
+    }
     assert all(v.shape[0] == 4 for v in out.params.values())
 
 
@@ -88,8 +94,10 @@ def test_one_of_applies_exactly_one_choice_by_weight():
 
 
 def test_build_chain_from_a_dict_with_overrides_and_a_shared_sample_rate():
-    config = {"sample_rate": 8000, "stages": [{"name": "codec", "p": 1, "codecs": ["mulaw"]},
-                                              {"name": "gain", "p": 0.5, "gain_db": [-1, 1]}]}
+    config = {
+        "sample_rate": 8000,
+        "stages": [{"name": "codec", "p": 1, "codecs": ["mulaw"]}, {"name": "gain", "p": 0.5, "gain_db": [-1, 1]}],
+    }
     chain = build_chain(config, overrides={"gain.p": 1.0, "codec.codecs": ["alaw"]})
     assert chain.labels == ["codec", "gain"] and chain.probabilities == [1.0, 1.0]
     assert chain.stages[0].sample_rate == 8000 and chain.stages[0].codec_ids == [CODECS.index("alaw")]
@@ -111,8 +119,9 @@ def test_rawboost_config_asks_for_the_papers_algorithm_4_on_every_utterance():
 
 def test_musan_rir_config_runs_on_folders_given_as_overrides(tmp_path):
     musan, rirs = write_musan(tmp_path / "musan"), write_rirs(tmp_path / "rirs")
-    chain = load_chain(CONFIGS / "musan_rir.yaml",
-                       overrides={"one_of.noise.root": str(musan), "one_of.reverb.folder": str(rirs)})
+    chain = load_chain(
+        CONFIGS / "musan_rir.yaml", overrides={"one_of.noise.root": str(musan), "one_of.reverb.folder": str(rirs)}
+    )
     assert chain.labels == ["one_of"] and chain.probabilities == [0.6]
     out = chain.augment(batch(64, samples=RATE), seeded())
     applied, choice = out.params["one_of.applied"], out.params["one_of.choice"]
@@ -140,27 +149,36 @@ def test_rawboost_is_looked_up_lazily_and_a_missing_module_is_named(monkeypatch)
     assert chain_module.REGISTRY["rawboost"] == "dpda.augment.rawboost:RawBoost"
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"stages": [{"name": "nosie", "p": 1}]}, ["stages[0].name", "'nosie'", "did you mean 'noise'", "gain"]),
-    ({"stages": [{"p": 1}]}, ["stages[0]", "'name'"]),
-    ({"stages": [{"name": "gain", "p": 1.5}]}, ["stages[0].p", "[0, 1]"]),
-    ({"stages": [{"name": "gain", "p": -0.1}]}, ["stages[0].p"]),
-    ({"stages": [{"name": "gain", "p": True}]}, ["stages[0].p"]),
-    ({"stages": [{"name": "gain", "p": 1, "gain": [0, 1]}]}, ["stages[0] (gain)", "'gain'", "did you mean 'gain_db'",
-                                                             "allowed: gain_db"]),
-    ({"stages": [{"name": "gain", "p": 1, "gain_db": [3, -3]}]}, ["stages[0] (gain)", "gain_db", "inverted"]),
-    ({"stages": [{"name": "noise", "p": 1}]}, ["stages[0] (noise)", "missing", "root"]),
-    ({"stages": [{"name": "codec", "codecs": ["gsm"]}]}, ["stages[0] (codec)", "codecs", "mulaw"]),
-    ({"stages": [{"name": "one_of", "p": 1, "choices": [{"name": "gain", "weight": -1}]}]},
-     ["stages[0].choices[0].weight"]),
-    ({"stages": [{"name": "one_of", "p": 1, "choice": []}]}, ["stages[0] (one_of)", "'choice'", "choices"]),
-    ({"stages": [{"name": "one_of", "p": 1, "choices": [{"name": "speed", "factors": [0]}]}]},
-     ["stages[0] (one_of)", "stages[0].choices[0] (speed)", "factors"]),
-    ({"stage": []}, ["config", "'stage'", "did you mean 'stages'"]),
-    ({"sample_rate": 16000}, ["stages"]),
-    ({"stages": {"name": "gain"}}, ["stages", "list"]),
-    ({"sample_rate": -1, "stages": []}, ["sample_rate"]),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"stages": [{"name": "nosie", "p": 1}]}, ["stages[0].name", "'nosie'", "did you mean 'noise'", "gain"]),
+        ({"stages": [{"p": 1}]}, ["stages[0]", "'name'"]),
+        ({"stages": [{"name": "gain", "p": 1.5}]}, ["stages[0].p", "[0, 1]"]),
+        ({"stages": [{"name": "gain", "p": -0.1}]}, ["stages[0].p"]),
+        ({"stages": [{"name": "gain", "p": True}]}, ["stages[0].p"]),
+        (
+            {"stages": [{"name": "gain", "p": 1, "gain": [0, 1]}]},
+            ["stages[0] (gain)", "'gain'", "did you mean 'gain_db'", "allowed: gain_db"],
+        ),
+        ({"stages": [{"name": "gain", "p": 1, "gain_db": [3, -3]}]}, ["stages[0] (gain)", "gain_db", "inverted"]),
+        ({"stages": [{"name": "noise", "p": 1}]}, ["stages[0] (noise)", "missing", "root"]),
+        ({"stages": [{"name": "codec", "codecs": ["gsm"]}]}, ["stages[0] (codec)", "codecs", "mulaw"]),
+        (
+            {"stages": [{"name": "one_of", "p": 1, "choices": [{"name": "gain", "weight": -1}]}]},
+            ["stages[0].choices[0].weight"],
+        ),
+        ({"stages": [{"name": "one_of", "p": 1, "choice": []}]}, ["stages[0] (one_of)", "'choice'", "choices"]),
+        (
+            {"stages": [{"name": "one_of", "p": 1, "choices": [{"name": "speed", "factors": [0]}]}]},
+            ["stages[0] (one_of)", "stages[0].choices[0] (speed)", "factors"],
+        ),
+        ({"stage": []}, ["config", "'stage'", "did you mean 'stages'"]),
+        ({"sample_rate": 16000}, ["stages"]),
+        ({"stages": {"name": "gain"}}, ["stages", "list"]),
+        ({"sample_rate": -1, "stages": []}, ["sample_rate"]),
+    ],
+)
 def test_bad_configuration_names_the_key(config, words):
     with pytest.raises(ValueError) as error:
         build_chain(config)

@@ -82,9 +82,9 @@ def test_speed_scales_a_tone_frequency_and_the_timing(speed):
     assert out.params["speed"].item() == pytest.approx(speed)
     assert abs(int(out.audio[0].abs().argmax()) - 4000 / speed) <= 1
     shorter = int(RATE / speed) if speed > 1 else RATE
-    assert dominant_frequency(out.audio[0, 200:shorter - 200]) == pytest.approx(500 * speed, rel=0.01)
+    assert dominant_frequency(out.audio[0, 200 : shorter - 200]) == pytest.approx(500 * speed, rel=0.01)
     if speed > 1:  # sped up: zero-padded at the end
-        assert torch.all(out.audio[0, int(RATE / speed) + 1:] == 0)
+        assert torch.all(out.audio[0, int(RATE / speed) + 1 :] == 0)
 
 
 def test_speed_one_is_the_identity_and_factors_are_drawn_per_utterance():
@@ -106,8 +106,9 @@ def test_gain_is_exact_in_db_and_drawn_per_utterance():
     torch.testing.assert_close(amplitude, gain, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("augmentation", [BandLimit([8000, 12000]), Speed([0.9, 1.1]), Gain([-3, 3])],
-                         ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "augmentation", [BandLimit([8000, 12000]), Speed([0.9, 1.1]), Gain([-3, 3])], ids=lambda a: a.name
+)
 def test_seeded_runs_repeat_and_dtypes_are_kept(augmentation):
     x = torch.randn(4, 3000, generator=seeded(5), dtype=torch.float64)
     first, again = augmentation.augment(x, seeded(7)), augmentation.augment(x, seeded(7))
@@ -119,21 +120,24 @@ def test_seeded_runs_repeat_and_dtypes_are_kept(augmentation):
     assert half.dtype == torch.bfloat16 and half.shape == x.shape
 
 
-@pytest.mark.parametrize("build, key", [
-    (lambda: BandLimit(rates_hz=[16000]), "rates_hz"),
-    (lambda: BandLimit(rates_hz=[20000], sample_rate=16000), "rates_hz"),
-    (lambda: BandLimit(rates_hz=[]), "rates_hz"),
-    (lambda: Speed(factors=[0.9, 0]), "factors"),
-    (lambda: Speed(factors=[-1.1]), "factors"),
-    (lambda: Speed(factors=[0.001]), "factors"),
-    (lambda: Speed(factors=0.9), "factors"),
-    (lambda: Speed(factors=["fast"]), "factors"),
-    (lambda: BandLimit(rates_hz=[7999.5]), "rates_hz"),
-    (lambda: Gain(gain_db=[6, -6]), "gain_db"),
-    (lambda: Gain(gain_db=[1, 2, 3]), "gain_db"),
-    (lambda: Gain(gain_db=["loud", 2]), "gain_db"),
-    (lambda: Gain(gain_db=[0, float("inf")]), "gain_db"),
-])
+@pytest.mark.parametrize(
+    "build, key",
+    [
+        (lambda: BandLimit(rates_hz=[16000]), "rates_hz"),
+        (lambda: BandLimit(rates_hz=[20000], sample_rate=16000), "rates_hz"),
+        (lambda: BandLimit(rates_hz=[]), "rates_hz"),
+        (lambda: Speed(factors=[0.9, 0]), "factors"),
+        (lambda: Speed(factors=[-1.1]), "factors"),
+        (lambda: Speed(factors=[0.001]), "factors"),
+        (lambda: Speed(factors=0.9), "factors"),
+        (lambda: Speed(factors=["fast"]), "factors"),
+        (lambda: BandLimit(rates_hz=[7999.5]), "rates_hz"),
+        (lambda: Gain(gain_db=[6, -6]), "gain_db"),
+        (lambda: Gain(gain_db=[1, 2, 3]), "gain_db"),
+        (lambda: Gain(gain_db=["loud", 2]), "gain_db"),
+        (lambda: Gain(gain_db=[0, float("inf")]), "gain_db"),
+    ],
+)
 def test_bad_configuration_names_the_key(build, key):
     with pytest.raises(ValueError, match=key):
         build()

@@ -62,8 +62,10 @@ def test_telephone_channel_keeps_speech_and_removes_the_band_above_4_khz(law):
     assert torch.all(snr_db(x, clean.audio) > 30)  # 8-bit companding: about 35-38 dB
 
 
-@pytest.mark.parametrize("codec, setting", [("mp3", 16), ("mp3", 64), ("mp3", 160), ("vorbis", 0.0),
-                                            ("vorbis", 1.0), ("opus", 6), ("opus", 32)])
+@pytest.mark.parametrize(
+    "codec, setting",
+    [("mp3", 16), ("mp3", 64), ("mp3", 160), ("vorbis", 0.0), ("vorbis", 1.0), ("opus", 6), ("opus", 32)],
+)
 def test_lossy_round_trips_are_finite_aligned_and_not_identical(codec, setting):
     x = speech_band(1)[0] + 0.05 * torch.randn(RATE, generator=seeded(1))  # broadband: one correlation peak
     decoded = lossy_roundtrip(x.numpy(), RATE, codec, setting)
@@ -87,8 +89,9 @@ def test_higher_bitrates_code_more_faithfully():
 
 def test_codecs_and_settings_are_drawn_per_utterance_and_recorded():
     x = speech_band(1).repeat(24, 1)
-    codec = Codec(codecs=list(CODECS), bitrate_kbps={"mp3": [32, 96], "opus": [10, 20]}, vorbis_quality=[0.2, 0.4],
-                  workers=3)
+    codec = Codec(
+        codecs=list(CODECS), bitrate_kbps={"mp3": [32, 96], "opus": [10, 20]}, vorbis_quality=[0.2, 0.4], workers=3
+    )
     out = codec.augment(x, seeded())
     assert out.audio.shape == x.shape and torch.isfinite(out.audio).all()
     ids, bitrate, quality = out.params["codec_id"], out.params["bitrate_kbps"], out.params["quality"]
@@ -120,20 +123,23 @@ def test_mp3_bitrates_follow_the_mpeg_version_of_the_sample_rate():
     assert mp3_bitrates(8000)[-1] == 64 and mp3_bitrates(16000)[-1] == 160 and mp3_bitrates(44100)[0] == 32
 
 
-@pytest.mark.parametrize("options, words", [
-    ({"codecs": ["mp3", "aac"]}, ["codecs", "aac", "mulaw, alaw, mp3, vorbis, opus"]),
-    ({"codecs": []}, ["codecs"]),
-    ({"codecs": "mp3"}, ["codecs"]),
-    ({"codecs": ["mp3"], "bitrate_kbps": {"mp3": [8, 320]}}, ["bitrate_kbps.mp3", "outside"]),
-    ({"codecs": ["mp3"], "bitrate_kbps": {"mp3": [60, 62]}}, ["bitrate_kbps.mp3", "none of"]),
-    ({"codecs": ["opus"], "bitrate_kbps": {"opus": [2, 20]}}, ["bitrate_kbps.opus", "outside"]),
-    ({"codecs": ["opus"], "bitrate_kbps": {"opus": [20, 10]}}, ["bitrate_kbps.opus", "inverted"]),
-    ({"codecs": ["vorbis"], "bitrate_kbps": {"vorbis": [64, 96]}}, ["bitrate_kbps", "mp3, opus"]),
-    ({"codecs": ["vorbis"], "vorbis_quality": [0.5, 1.5]}, ["vorbis_quality"]),
-    ({"codecs": ["opus"], "sample_rate": 44100}, ["sample_rate", "Opus"]),
-    ({"codecs": ["mp3"], "workers": 0}, ["workers"]),
-    ({"codecs": ["mp3"], "bitrate_kbps": [32, 64]}, ["bitrate_kbps", "mapping"]),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"codecs": ["mp3", "aac"]}, ["codecs", "aac", "mulaw, alaw, mp3, vorbis, opus"]),
+        ({"codecs": []}, ["codecs"]),
+        ({"codecs": "mp3"}, ["codecs"]),
+        ({"codecs": ["mp3"], "bitrate_kbps": {"mp3": [8, 320]}}, ["bitrate_kbps.mp3", "outside"]),
+        ({"codecs": ["mp3"], "bitrate_kbps": {"mp3": [60, 62]}}, ["bitrate_kbps.mp3", "none of"]),
+        ({"codecs": ["opus"], "bitrate_kbps": {"opus": [2, 20]}}, ["bitrate_kbps.opus", "outside"]),
+        ({"codecs": ["opus"], "bitrate_kbps": {"opus": [20, 10]}}, ["bitrate_kbps.opus", "inverted"]),
+        ({"codecs": ["vorbis"], "bitrate_kbps": {"vorbis": [64, 96]}}, ["bitrate_kbps", "mp3, opus"]),
+        ({"codecs": ["vorbis"], "vorbis_quality": [0.5, 1.5]}, ["vorbis_quality"]),
+        ({"codecs": ["opus"], "sample_rate": 44100}, ["sample_rate", "Opus"]),
+        ({"codecs": ["mp3"], "workers": 0}, ["workers"]),
+        ({"codecs": ["mp3"], "bitrate_kbps": [32, 64]}, ["bitrate_kbps", "mapping"]),
+    ],
+)
 def test_bad_configuration_names_the_key_and_the_valid_values(options, words):
     with pytest.raises(ValueError) as error:
         Codec(**options)

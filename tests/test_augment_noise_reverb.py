@@ -46,7 +46,7 @@ def write_rirs(folder: Path) -> Path:
         rir = np.zeros(4000, dtype=np.float32)
         rir[delay] = 1.0
         tail = np.arange(1, 4000 - delay)
-        rir[delay + 1:] = np.clip(0.3 * rng.standard_normal(len(tail)), -0.8, 0.8) * np.exp(-tail / 600)
+        rir[delay + 1 :] = np.clip(0.3 * rng.standard_normal(len(tail)), -0.8, 0.8) * np.exp(-tail / 600)
         sf.write(folder / name, rir, RATE, subtype="FLOAT" if name.endswith(".wav") else "PCM_24")
     return folder
 
@@ -154,7 +154,7 @@ def test_reverberation_is_the_unit_energy_rir_convolution_read_from_the_direct_p
         rir, _ = sf.read(rirs / name, dtype="float64")
         delay = RIR_DELAYS[name]
         assert out.params["rir_peak"][b] == delay
-        expected = np.convolve(x[b].double().numpy(), rir / np.linalg.norm(rir))[delay: delay + RATE]
+        expected = np.convolve(x[b].double().numpy(), rir / np.linalg.norm(rir))[delay : delay + RATE]
         np.testing.assert_allclose(out.audio[b].numpy(), expected, atol=2e-5)
 
 
@@ -173,19 +173,22 @@ def test_reverberation_adds_no_delay_and_keeps_the_energy(rirs):
     assert torch.equal(silent.audio, torch.zeros(2, RATE))
 
 
-@pytest.mark.parametrize("build, words", [
-    (lambda root, rirs: AdditiveNoise(root / "nowhere"), ["root (noise)", "nowhere", "does not exist"]),
-    (lambda root, rirs: AdditiveNoise(root, extensions=[".mp3"]), ["root (noise)", ".mp3", "no"]),
-    (lambda root, rirs: AdditiveNoise(root, snr_db={"music": (15, 5)}), ["snr_db.music", "inverted"]),
-    (lambda root, rirs: AdditiveNoise(root, snr_db={"speech": (5, 15)}), ["snr_db", "noise, music, babble"]),
-    (lambda root, rirs: AdditiveNoise(root, snr_db=[0, 15]), ["snr_db", "mapping"]),
-    (lambda root, rirs: AdditiveNoise(root, snr_db={}), ["snr_db", "no category"]),
-    (lambda root, rirs: AdditiveNoise(root, babble_speakers=(0, 3)), ["babble_speakers"]),
-    (lambda root, rirs: AdditiveNoise(root, babble_speakers=(2.5, 3)), ["babble_speakers"]),
-    (lambda root, rirs: Reverberation(rirs / "missing"), ["folder", "missing"]),
-    (lambda root, rirs: Reverberation(root / "music", extensions=["wav"]), ["folder", ".wav", "music"]),
-    (lambda root, rirs: Reverberation(rirs, rescale="rms"), ["rescale", "energy, peak, none"]),
-])
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        (lambda root, rirs: AdditiveNoise(root / "nowhere"), ["root (noise)", "nowhere", "does not exist"]),
+        (lambda root, rirs: AdditiveNoise(root, extensions=[".mp3"]), ["root (noise)", ".mp3", "no"]),
+        (lambda root, rirs: AdditiveNoise(root, snr_db={"music": (15, 5)}), ["snr_db.music", "inverted"]),
+        (lambda root, rirs: AdditiveNoise(root, snr_db={"speech": (5, 15)}), ["snr_db", "noise, music, babble"]),
+        (lambda root, rirs: AdditiveNoise(root, snr_db=[0, 15]), ["snr_db", "mapping"]),
+        (lambda root, rirs: AdditiveNoise(root, snr_db={}), ["snr_db", "no category"]),
+        (lambda root, rirs: AdditiveNoise(root, babble_speakers=(0, 3)), ["babble_speakers"]),
+        (lambda root, rirs: AdditiveNoise(root, babble_speakers=(2.5, 3)), ["babble_speakers"]),
+        (lambda root, rirs: Reverberation(rirs / "missing"), ["folder", "missing"]),
+        (lambda root, rirs: Reverberation(root / "music", extensions=["wav"]), ["folder", ".wav", "music"]),
+        (lambda root, rirs: Reverberation(rirs, rescale="rms"), ["rescale", "energy, peak, none"]),
+    ],
+)
 def test_bad_configuration_names_the_key_and_the_folder(musan, rirs, build, words):
     with pytest.raises(ValueError) as error:
         build(musan, rirs)

@@ -24,8 +24,9 @@ SSL_DIM = 32
 
 def small_conformer(**options) -> ConformerTCMBackEnd:
     torch.manual_seed(0)
-    return ConformerTCMBackEnd(**{"ssl_dim": SSL_DIM, "emb_size": 16, "heads": 4, "kernel_size": 5,
-                                  "n_encoders": 2, **options})
+    return ConformerTCMBackEnd(
+        **{"ssl_dim": SSL_DIM, "emb_size": 16, "heads": 4, "kernel_size": 5, "n_encoders": 2, **options}
+    )
 
 
 def small_mamba(**options) -> MambaBackEnd:
@@ -40,8 +41,15 @@ def features(batch: int, frames: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, frames, SSL_DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def scan_inputs(length: int, batch: int = 2, d_inner: int = 6, d_state: int = 4, seed: int = 0,
-                delta_scale: float = 1.0, dtype: torch.dtype = torch.float32):
+def scan_inputs(
+    length: int,
+    batch: int = 2,
+    d_inner: int = 6,
+    d_state: int = 4,
+    seed: int = 0,
+    delta_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+):
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -101,9 +109,15 @@ def test_default_mamba_has_the_paper_size():
     assert sum(p.numel() for p in model.conformer.forward_layers[0].parameters()) == 145_584
     shapes = {name: tuple(p.shape) for name, p in mixer.named_parameters()}
     assert shapes == {
-        "A_log": (288, 16), "D": (288,), "in_proj.weight": (576, 144), "conv1d.weight": (288, 1, 4),
-        "conv1d.bias": (288,), "x_proj.weight": (41, 288), "dt_proj.weight": (288, 9),
-        "dt_proj.bias": (288,), "out_proj.weight": (144, 288),
+        "A_log": (288, 16),
+        "D": (288,),
+        "in_proj.weight": (576, 144),
+        "conv1d.weight": (288, 1, 4),
+        "conv1d.bias": (288,),
+        "x_proj.weight": (41, 288),
+        "dt_proj.weight": (288, 9),
+        "dt_proj.bias": (288,),
+        "out_proj.weight": (144, 288),
     }
 
 
@@ -143,33 +157,84 @@ def test_conformer_tcm_state_dict_keys_are_the_reference_keys():
     block = "conformer.encoder_blocks.0."
     ff_parts = ("fn.net.0.weight", "fn.net.0.bias", "fn.net.3.weight", "fn.net.3.bias", "norm.weight", "norm.bias")
     ff = [f"{name}.fn.{part}" for name in ("ff1", "ff2") for part in ff_parts]
-    attn = ["attn.fn.pos_embed", "attn.fn.qkv.weight", "attn.fn.proj.weight", "attn.fn.proj.bias",
-            "attn.fn.ht_proj.weight", "attn.fn.ht_proj.bias", "attn.fn.ht_norm.weight", "attn.fn.ht_norm.bias",
-            "attn.norm.weight", "attn.norm.bias"]
-    conv = ["conv.net.0.weight", "conv.net.0.bias", "conv.net.2.weight", "conv.net.2.bias",
-            "conv.net.4.conv.weight", "conv.net.4.conv.bias", "conv.net.5.weight", "conv.net.5.bias",
-            "conv.net.5.running_mean", "conv.net.5.running_var", "conv.net.5.num_batches_tracked",
-            "conv.net.7.weight", "conv.net.7.bias"]
+    attn = [
+        "attn.fn.pos_embed",
+        "attn.fn.qkv.weight",
+        "attn.fn.proj.weight",
+        "attn.fn.proj.bias",
+        "attn.fn.ht_proj.weight",
+        "attn.fn.ht_proj.bias",
+        "attn.fn.ht_norm.weight",
+        "attn.fn.ht_norm.bias",
+        "attn.norm.weight",
+        "attn.norm.bias",
+    ]
+    conv = [
+        "conv.net.0.weight",
+        "conv.net.0.bias",
+        "conv.net.2.weight",
+        "conv.net.2.bias",
+        "conv.net.4.conv.weight",
+        "conv.net.4.conv.bias",
+        "conv.net.5.weight",
+        "conv.net.5.bias",
+        "conv.net.5.running_mean",
+        "conv.net.5.running_var",
+        "conv.net.5.num_batches_tracked",
+        "conv.net.7.weight",
+        "conv.net.7.bias",
+    ]
     expected = {
-        "LL.weight", "LL.bias", "first_bn.weight", "first_bn.bias", "first_bn.running_mean",
-        "first_bn.running_var", "first_bn.num_batches_tracked", "conformer.positional_emb",
-        "conformer.class_token", "conformer.fc5.weight", "conformer.fc5.bias",
+        "LL.weight",
+        "LL.bias",
+        "first_bn.weight",
+        "first_bn.bias",
+        "first_bn.running_mean",
+        "first_bn.running_var",
+        "first_bn.num_batches_tracked",
+        "conformer.positional_emb",
+        "conformer.class_token",
+        "conformer.fc5.weight",
+        "conformer.fc5.bias",
         *(block + key for key in [*ff, *attn, *conv, "post_norm.weight", "post_norm.bias"]),
     }
     assert set(small_conformer(n_encoders=1).state_dict()) == expected
 
 
 def test_mamba_state_dict_keys_are_the_reference_keys_in_order():
-    mixer = ["A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-             "dt_proj.weight", "dt_proj.bias", "out_proj.weight"]
+    mixer = [
+        "A_log",
+        "D",
+        "in_proj.weight",
+        "conv1d.weight",
+        "conv1d.bias",
+        "x_proj.weight",
+        "dt_proj.weight",
+        "dt_proj.bias",
+        "out_proj.weight",
+    ]
     expected = [
-        "LL.weight", "LL.bias", "first_bn.weight", "first_bn.bias", "first_bn.running_mean",
-        "first_bn.running_var", "first_bn.num_batches_tracked",
-        *(f"conformer.{column}.0.{key}" for column in ("forward_layers", "backward_layers")
-          for key in [*(f"mixer.{name}" for name in mixer), "norm.weight"]),
-        "conformer.norm_f.weight", "conformer.f_attention_pool.weight", "conformer.f_attention_pool.bias",
-        "conformer.b_attention_pool.weight", "conformer.b_attention_pool.bias", "conformer.LL.weight",
-        "conformer.LL.bias", "conformer.classifier.weight", "conformer.classifier.bias",
+        "LL.weight",
+        "LL.bias",
+        "first_bn.weight",
+        "first_bn.bias",
+        "first_bn.running_mean",
+        "first_bn.running_var",
+        "first_bn.num_batches_tracked",
+        *(
+            f"conformer.{column}.0.{key}"
+            for column in ("forward_layers", "backward_layers")
+            for key in [*(f"mixer.{name}" for name in mixer), "norm.weight"]
+        ),
+        "conformer.norm_f.weight",
+        "conformer.f_attention_pool.weight",
+        "conformer.f_attention_pool.bias",
+        "conformer.b_attention_pool.weight",
+        "conformer.b_attention_pool.bias",
+        "conformer.LL.weight",
+        "conformer.LL.bias",
+        "conformer.classifier.weight",
+        "conformer.classifier.bias",
     ]
     assert list(small_mamba(n_layers=1).state_dict()) == expected
 
@@ -220,8 +285,9 @@ def test_reference_mamba_ignores_the_last_block_of_each_column():
     assert torch.equal(model(x)[1], before)
     model(x)[1].sum().backward()
     dead = {name for name, p in model.named_parameters() if p.grad is None}
-    assert dead == {name for name, _ in model.named_parameters() if ".forward_layers.1." in name
-                    or ".backward_layers.1." in name}
+    assert dead == {
+        name for name, _ in model.named_parameters() if ".forward_layers.1." in name or ".backward_layers.1." in name
+    }
 
 
 @pytest.mark.parametrize("build", BACKENDS)
@@ -268,7 +334,7 @@ def test_tcm_attention_matches_a_head_by_head_computation():
     for b in range(2):
         head_tokens = []
         for h in range(heads):
-            summary = x[b, :, h * d:(h + 1) * d].mean(dim=0)
+            summary = x[b, :, h * d : (h + 1) * d].mean(dim=0)
             lifted = attn.ht_proj(summary).view(heads, d)
             head_tokens.append(F.gelu(attn.ht_norm(lifted)).flatten() + attn.pos_embed[0, h])
         tokens = torch.cat([x[b], torch.stack(head_tokens)])
@@ -276,8 +342,8 @@ def test_tcm_attention_matches_a_head_by_head_computation():
         head = [slice(h * d, (h + 1) * d) for h in range(heads)]
         mixed = torch.cat([torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1) @ v[:, s] for s in head], dim=-1)
         out = attn.proj(mixed)
-        cls = out[0] + out[frames + 1:].mean(dim=0) + out[1:frames + 1].mean(dim=0)
-        expected.append(torch.cat([cls[None], out[1:frames + 1]]))
+        cls = out[0] + out[frames + 1 :].mean(dim=0) + out[1 : frames + 1].mean(dim=0)
+        expected.append(torch.cat([cls[None], out[1 : frames + 1]]))
     torch.testing.assert_close(attn(x), torch.stack(expected), rtol=1e-5, atol=1e-6)
 
 
@@ -291,14 +357,16 @@ def test_chunked_scan_equals_the_sequential_scan(length):
     torch.testing.assert_close(selective_scan_chunked(*inputs), reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(selective_scan(*inputs), reference, rtol=1e-5, atol=1e-5)
     for chunk_size in (1, 5, length + 3):
-        torch.testing.assert_close(selective_scan_chunked(*inputs, chunk_size=chunk_size), reference,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            selective_scan_chunked(*inputs, chunk_size=chunk_size), reference, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_chunked_scan_is_exact_in_float64_and_stable_for_large_steps():
     inputs = scan_inputs(300, dtype=torch.float64)
-    torch.testing.assert_close(selective_scan_chunked(*inputs), selective_scan_sequential(*inputs),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        selective_scan_chunked(*inputs), selective_scan_sequential(*inputs), rtol=1e-12, atol=1e-12
+    )
     inputs = scan_inputs(300, delta_scale=50.0)  # decays down to exp(-hundreds) within a chunk
     fast = selective_scan_chunked(*inputs)
     assert torch.isfinite(fast).all()
@@ -308,8 +376,10 @@ def test_chunked_scan_is_exact_in_float64_and_stable_for_large_steps():
 def test_chunked_scan_gradients_equal_the_sequential_ones():
     inputs = [t.requires_grad_() for t in scan_inputs(70)]
     weights = torch.randn(2, 70, 6, generator=torch.Generator().manual_seed(9))
-    grads = [torch.autograd.grad((scan(*inputs) * weights).sum(), inputs)
-             for scan in (selective_scan_sequential, selective_scan_chunked)]
+    grads = [
+        torch.autograd.grad((scan(*inputs) * weights).sum(), inputs)
+        for scan in (selective_scan_sequential, selective_scan_chunked)
+    ]
     for slow, fast in zip(*grads):
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 

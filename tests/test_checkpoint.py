@@ -73,10 +73,18 @@ def test_weights_round_trip_with_shared_and_odd_tensors(tmp_path):
     big = torch.arange(12.0)
     weight = torch.randn(3, 4)
     tensors = {
-        "weight": weight, "tied": weight, "first": big[:6], "second": big[6:],  # shared storage
-        "transposed": torch.randn(4, 3).t(), "bf16": torch.randn(5).bfloat16(), "half": torch.randn(2).half(),
-        "count": torch.tensor(7), "mask": torch.tensor([True, False]), "bytes": torch.arange(256, dtype=torch.uint8),
-        "empty": torch.zeros(0, 3), "grad": torch.randn(2, requires_grad=True),
+        "weight": weight,
+        "tied": weight,
+        "first": big[:6],
+        "second": big[6:],  # shared storage
+        "transposed": torch.randn(4, 3).t(),
+        "bf16": torch.randn(5).bfloat16(),
+        "half": torch.randn(2).half(),
+        "count": torch.tensor(7),
+        "mask": torch.tensor([True, False]),
+        "bytes": torch.arange(256, dtype=torch.uint8),
+        "empty": torch.zeros(0, 3),
+        "grad": torch.randn(2, requires_grad=True),
     }
     meta = {"model": {"name": "aasist", "width": [1, 2]}, "epoch": 3, "metric": float("inf")}
     path = tmp_path / "w.safetensors"
@@ -163,8 +171,13 @@ def test_check_architecture_lists_differences():
     check_architecture(model, model.state_dict(), Path("x.safetensors"))
     other = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))
     with pytest.raises(CheckpointError) as error:
-        check_architecture(model, other.state_dict(), Path("run/x.safetensors"),
-                           meta={"model": {"name": "rawnet2"}}, expected_model={"name": "aasist"})
+        check_architecture(
+            model,
+            other.state_dict(),
+            Path("run/x.safetensors"),
+            meta={"model": {"name": "rawnet2"}},
+            expected_model={"name": "aasist"},
+        )
     message = str(error.value)
     assert message.startswith("run/x.safetensors: ") and "another architecture" in message
     assert message.index("'rawnet2'") < message.index("'aasist'") < message.index("missing keys")
@@ -178,14 +191,41 @@ def test_check_architecture_lists_differences():
 # -- training state -----------------------------------------------------------------------------
 def nested_state() -> dict:
     return {
-        "tensors": [torch.randn(2, 3), torch.tensor(1.5, dtype=torch.bfloat16), torch.tensor(3),
-                    torch.randint(0, 255, (10,), dtype=torch.uint8), torch.tensor([float("nan"), -0.0])],
-        "arrays": (np.arange(6, dtype=np.float32).reshape(2, 3), np.array(7, dtype=np.uint32),
-                   np.arange(4, dtype=">i4"), np.zeros((0, 2)), np.arange(6.0).reshape(2, 3).T),
-        "scalars": [0, -1, 2**62, 2**19937 - 1, -(2**70), 1.5, float("inf"), -float("inf"), float("nan"), -0.0,
-                    True, False, None, "text", ""],
-        "int keys": {0: "a", 1: {"step": 3}}, "mixed keys": {("a", 1): 1, None: 2, 2.5: 3, True: 4},
-        "marker lookalike": {"__tensor__": "0", "__tuple__": [1]}, "nested tuples": ((1, (2,)), []),
+        "tensors": [
+            torch.randn(2, 3),
+            torch.tensor(1.5, dtype=torch.bfloat16),
+            torch.tensor(3),
+            torch.randint(0, 255, (10,), dtype=torch.uint8),
+            torch.tensor([float("nan"), -0.0]),
+        ],
+        "arrays": (
+            np.arange(6, dtype=np.float32).reshape(2, 3),
+            np.array(7, dtype=np.uint32),
+            np.arange(4, dtype=">i4"),
+            np.zeros((0, 2)),
+            np.arange(6.0).reshape(2, 3).T,
+        ),
+        "scalars": [
+            0,
+            -1,
+            2**62,
+            2**19937 - 1,
+            -(2**70),
+            1.5,
+            float("inf"),
+            -float("inf"),
+            float("nan"),
+            -0.0,
+            True,
+            False,
+            None,
+            "text",
+            "",
+        ],
+        "int keys": {0: "a", 1: {"step": 3}},
+        "mixed keys": {("a", 1): 1, None: 2, 2.5: 3, True: 4},
+        "marker lookalike": {"__tensor__": "0", "__tuple__": [1]},
+        "nested tuples": ((1, (2,)), []),
     }
 
 
@@ -268,8 +308,14 @@ def test_load_state_errors_name_the_file(tmp_path):
 
 def test_rng_states_restore_exactly(tmp_path):
     def draw():
-        return random.random(), random.getrandbits(64), np.random.rand(3).tolist(), np.random.randn(), \
-            torch.rand(3).tolist(), torch.randn(2).tolist()
+        return (
+            random.random(),
+            random.getrandbits(64),
+            np.random.rand(3).tolist(),
+            np.random.randn(),
+            torch.rand(3).tolist(),
+            torch.randn(2).tolist(),
+        )
 
     draw()
     state = capture_rng()
@@ -306,11 +352,14 @@ def train_steps(model, optimizer, scheduler, steps):
         scheduler.step()
 
 
-@pytest.mark.parametrize("optimizer_cls, scheduler_fn", [
-    (torch.optim.Adam, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5)),
-    (torch.optim.AdamW, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)),
-    (torch.optim.AdamW, lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=4)),
-])
+@pytest.mark.parametrize(
+    "optimizer_cls, scheduler_fn",
+    [
+        (torch.optim.Adam, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5)),
+        (torch.optim.AdamW, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)),
+        (torch.optim.AdamW, lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=4)),
+    ],
+)
 def test_resume_continues_bit_exactly(tmp_path, optimizer_cls, scheduler_fn):
     torch.manual_seed(0)
     model, optimizer, scheduler = make_run(optimizer_cls, scheduler_fn)
@@ -323,8 +372,15 @@ def test_resume_continues_bit_exactly(tmp_path, optimizer_cls, scheduler_fn):
     model, optimizer, scheduler = make_run(optimizer_cls, scheduler_fn)
     restore_rng(start)
     train_steps(model, optimizer, scheduler, 3)
-    save_state(tmp_path / "state", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "rng": capture_rng()})
+    save_state(
+        tmp_path / "state",
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng(),
+        },
+    )
     del model, optimizer, scheduler
     torch.manual_seed(123)  # a fresh process: other weights, other generator states
     random.seed(5)
@@ -360,7 +416,9 @@ def test_best_checkpoints_average_exactly_the_n_best(tmp_path):
     best_five = [7, 4, 5, 2, 8]  # by loss; the tie goes to the earlier epoch
     assert best.entries == [(e, losses[e]) for e in best_five]
     assert best.paths == [tmp_path / "ckpt" / f"epoch-{e:03d}.safetensors" for e in best_five]
-    assert siblings(tmp_path / "ckpt") == sorted(f"epoch-{e:03d}.{x}" for e in best_five for x in ("json", "safetensors"))
+    assert siblings(tmp_path / "ckpt") == sorted(
+        f"epoch-{e:03d}.{x}" for e in best_five for x in ("json", "safetensors")
+    )
 
     out = best.average(tmp_path / "final.safetensors", {"averaged": best_five})
     averaged, meta = load_weights(out)
@@ -414,8 +472,10 @@ def test_average_weights_refuses_files_that_differ(tmp_path):
     save_weights(tmp_path / "a.safetensors", {"w": torch.ones(2, 2), "b": torch.ones(2)}, {})
     save_weights(tmp_path / "b.safetensors", {"w": torch.ones(2, 3)}, {})
     save_weights(tmp_path / "c.safetensors", {"w": torch.ones(2, 2, dtype=torch.float64), "b": torch.ones(2)}, {})
-    for other, problem in [("b", "1 missing keys: b; 1 mismatches: w (expected float32[2, 2], found float32[2, 3])"),
-                           ("c", "w (expected float32[2, 2], found float64[2, 2])")]:
+    for other, problem in [
+        ("b", "1 missing keys: b; 1 mismatches: w (expected float32[2, 2], found float32[2, 3])"),
+        ("c", "w (expected float32[2, 2], found float64[2, 2])"),
+    ]:
         with pytest.raises(CheckpointError) as error:
             average_weights([tmp_path / "a.safetensors", tmp_path / f"{other}.safetensors"])
         assert str(error.value).startswith(f"{tmp_path / other}.safetensors: does not match {tmp_path / 'a'}")

@@ -57,7 +57,9 @@ def test_default_yaml_matches_the_dataclasses():
 
 
 def test_file_and_overrides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 name: aasist-pcgrad
 optim: {lr: 1e-4, scheduler: cosine}
 data:
@@ -65,10 +67,20 @@ data:
 eval:
   sets:
     - {kind: in_the_wild, protocol: meta.csv}
-""")
-    config = load_config(path, ["optim.lr=1e-5", "dualpath.class_weights=[0.2,0.8]", "train.compile=true",
-                                "data.dev={kind: asvspoof2019, protocol: dev.txt}", "model.name=rawnet2",
-                                "dualpath.aligner_options.eps=1e-8", "train.patience=null"])
+""",
+    )
+    config = load_config(
+        path,
+        [
+            "optim.lr=1e-5",
+            "dualpath.class_weights=[0.2,0.8]",
+            "train.compile=true",
+            "data.dev={kind: asvspoof2019, protocol: dev.txt}",
+            "model.name=rawnet2",
+            "dualpath.aligner_options.eps=1e-8",
+            "train.patience=null",
+        ],
+    )
     assert config.name == "aasist-pcgrad" and config.optim.scheduler == "cosine"
     assert config.optim.lr == 1e-5 and isinstance(config.optim.lr, float)
     assert config.dualpath.class_weights == (0.2, 0.8)
@@ -93,11 +105,14 @@ def test_float_strings_are_accepted_where_floats_are_expected():
     assert isinstance(config.optim.weight_decay, float)
 
 
-@pytest.mark.parametrize("key, suggestion, section", [
-    ("optim.lrr=1", "lr", "optim"),
-    ("train.batchsize=4", "batch_size", "train"),
-    ("sed=3", "seed", "the top level"),
-])
+@pytest.mark.parametrize(
+    "key, suggestion, section",
+    [
+        ("optim.lrr=1", "lr", "optim"),
+        ("train.batchsize=4", "batch_size", "train"),
+        ("sed=3", "seed", "the top level"),
+    ],
+)
 def test_unknown_override_key_suggests_the_nearest(key, suggestion, section):
     with pytest.raises(ConfigError, match=rf"did you mean '{suggestion}'.*valid keys of {section}:"):
         load_config(None, [key])
@@ -115,21 +130,27 @@ def test_unknown_key_in_a_file_names_the_file_and_the_path(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("data, key, expected", [
-    ({"train": {"batch_size": True}}, "train.batch_size", "expected int, found True (bool)"),
-    ({"train": {"batch_size": 2.0}}, "train.batch_size", "expected int, found 2.0 (float)"),
-    ({"optim": {"lr": "fast"}}, "optim.lr", "expected float, found 'fast' (str)"),
-    ({"train": {"compile": "yes"}}, "train.compile", "expected bool, found 'yes' (str)"),
-    ({"optim": {"name": "lamb"}}, "optim.name", "expected one of 'adam', 'adamw', 'sgd', found 'lamb'"),
-    ({"dualpath": {"class_weights": [1.0]}}, "dualpath.class_weights", "expected tuple[float, float]"),
-    ({"dualpath": {"class_weights": [1.0, "x"]}}, "dualpath.class_weights[1]", "expected float"),
-    ({"eval": {"sets": [{"kind": "csv", "protocol": "a"}, {"kind": "mp3", "protocol": "b"}]}},
-     "eval.sets[1].kind", "expected one of asvspoof2019"),
-    ({"model": {"layers": 3}}, "model.name", "expected a model registry name"),
-    ({"model": "aasist"}, "model", "expected a mapping"),
-    ({"data": {"train": "train.txt"}}, "data.train", "expected a mapping of DataSet keys"),
-    ({"seed": None}, "seed", "expected int, found None"),
-])
+@pytest.mark.parametrize(
+    "data, key, expected",
+    [
+        ({"train": {"batch_size": True}}, "train.batch_size", "expected int, found True (bool)"),
+        ({"train": {"batch_size": 2.0}}, "train.batch_size", "expected int, found 2.0 (float)"),
+        ({"optim": {"lr": "fast"}}, "optim.lr", "expected float, found 'fast' (str)"),
+        ({"train": {"compile": "yes"}}, "train.compile", "expected bool, found 'yes' (str)"),
+        ({"optim": {"name": "lamb"}}, "optim.name", "expected one of 'adam', 'adamw', 'sgd', found 'lamb'"),
+        ({"dualpath": {"class_weights": [1.0]}}, "dualpath.class_weights", "expected tuple[float, float]"),
+        ({"dualpath": {"class_weights": [1.0, "x"]}}, "dualpath.class_weights[1]", "expected float"),
+        (
+            {"eval": {"sets": [{"kind": "csv", "protocol": "a"}, {"kind": "mp3", "protocol": "b"}]}},
+            "eval.sets[1].kind",
+            "expected one of asvspoof2019",
+        ),
+        ({"model": {"layers": 3}}, "model.name", "expected a model registry name"),
+        ({"model": "aasist"}, "model", "expected a mapping"),
+        ({"data": {"train": "train.txt"}}, "data.train", "expected a mapping of DataSet keys"),
+        ({"seed": None}, "seed", "expected int, found None"),
+    ],
+)
 def test_wrong_types_name_the_key_and_what_was_expected(data, key, expected):
     with pytest.raises(ConfigError) as caught:
         config_from_dict(data, source="exp.yaml")
@@ -138,14 +159,17 @@ def test_wrong_types_name_the_key_and_what_was_expected(data, key, expected):
     assert expected in str(caught.value)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.n_best=0", "train.n_best"),
-    ("optim.lr=0", "optim.lr"),
-    ("optim.betas=[0.9, 1.5]", "optim.betas"),
-    ("dualpath.class_weights=[0, 0]", "dualpath.class_weights"),
-    ("augment.chain=null", "augment.chain"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.n_best=0", "train.n_best"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("dualpath.class_weights=[0, 0]", "dualpath.class_weights"),
+        ("augment.chain=null", "augment.chain"),
+    ],
+)
 def test_value_checks_name_the_key(override, key):
     with pytest.raises(ConfigError) as caught:
         load_config(None, [override])
@@ -175,8 +199,14 @@ def test_invalid_yaml_names_the_file(tmp_path):
 
 
 def test_round_trip_and_atomic_save(tmp_path):
-    config = load_config(None, ["data.train={kind: csv, protocol: t.csv, options: {label_column: is_fake}}",
-                                "eval.sets=[{kind: for, protocol: /data/for}]", "optim.betas=[0.8, 0.99]"])
+    config = load_config(
+        None,
+        [
+            "data.train={kind: csv, protocol: t.csv, options: {label_column: is_fake}}",
+            "eval.sets=[{kind: for, protocol: /data/for}]",
+            "optim.betas=[0.8, 0.99]",
+        ],
+    )
     plain = config_to_dict(config)
     assert yaml.safe_load(yaml.safe_dump(plain)) == plain  # plain YAML types only
     assert config_from_dict(plain) == config

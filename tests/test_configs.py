@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PAPER_MD = ROOT.parent / "shared" / "PAPER.md"
 PAPER_FILES = sorted((CONFIGS / "paper").glob("*.yaml"))
-EXPERIMENT_FILES = sorted(path for folder in ("paper", "baselines", "builtin")
-                          for path in (CONFIGS / folder).glob("*.yaml"))
+EXPERIMENT_FILES = sorted(
+    path for folder in ("paper", "baselines", "builtin") for path in (CONFIGS / folder).glob("*.yaml")
+)
 ALL_FILES = [CONFIGS / "default.yaml", *EXPERIMENT_FILES]
 
 #: The result table of PAPER.md: row id -> reported EER % (21DF, ITW, FoR); None for a blank
@@ -91,18 +92,33 @@ PAPER_SETTINGS = {
 }
 #: The front-end as the paper code runs fairseq's xlsr2_300m.pt (the values of its saved config).
 PAPER_SSL = {
-    "source": "facebook/wav2vec2-xls-r-300m", "layer": "last", "freeze": False, "normalize": False,
+    "source": "facebook/wav2vec2-xls-r-300m",
+    "layer": "last",
+    "freeze": False,
+    "normalize": False,
     "feature_grad_mult": 1.0,
-    "config_overrides": {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
-                         "feat_proj_dropout": 0.0, "layerdrop": 0.0, "mask_time_prob": 0.0, "mask_feature_prob": 0.0},
+    "config_overrides": {
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.0,
+        "layerdrop": 0.0,
+        "mask_time_prob": 0.0,
+        "mask_feature_prob": 0.0,
+    },
 }
 ALIGNER_OF_COLUMN = {"dpda": "mean", "pcgrad": "pcgrad", "gradvac": "gradvac", "cagrad": "cagrad"}
 ALIGNER_OPTIONS = {"mean": {}, "pcgrad": {}, "gradvac": {"beta": 0.5}, "cagrad": {"c": 0.5}}
 EVAL_KINDS = ["asvspoof2021", "asvspoof2021", "in_the_wild", "for"]
 
 #: The reader of each data-set kind the configs use (``builtin`` is read as ASVspoof 2019).
-READERS = {"asvspoof2019": read_asvspoof2019, "builtin": read_asvspoof2019, "asvspoof2021": read_asvspoof2021,
-           "in_the_wild": read_in_the_wild, "for": read_for}
+READERS = {
+    "asvspoof2019": read_asvspoof2019,
+    "builtin": read_asvspoof2019,
+    "asvspoof2021": read_asvspoof2021,
+    "in_the_wild": read_in_the_wild,
+    "for": read_for,
+}
 
 _EER_LINE = re.compile(r"^# Reported EER \(%\): (.*)$", re.MULTILINE)
 _EERS = re.compile(r"21DF (\d+\.\d+) / ITW (\d+\.\d+) / FoR (\d+\.\d+)")
@@ -163,8 +179,7 @@ def test_config_loads(path):
 
 
 def test_the_config_folders_hold_the_expected_files():
-    stems = {folder: sorted(p.stem for p in (CONFIGS / folder).glob("*.yaml"))
-             for folder in ("baselines", "builtin")}
+    stems = {folder: sorted(p.stem for p in (CONFIGS / folder).glob("*.yaml")) for folder in ("baselines", "builtin")}
     assert stems == {"baselines": ["aasist_l", "rawnet2"], "builtin": ["aasist_l", "lfcc_lcnn"]}
     assert len(PAPER_FILES) == len(PAPER_ROWS)
 
@@ -288,13 +303,18 @@ def tiny_model(model: dict[str, Any]) -> dict[str, Any]:
 
 def crop_lengths(model: dict[str, Any]) -> list[int]:
     """The training crop lengths of the configs with this model section."""
-    return sorted({section(p, "data", {}).get("crop_length", 66800) for p in ALL_FILES
-                   if key_of(section(p, "model", {})) == key_of(model)})
+    return sorted(
+        {
+            section(p, "data", {}).get("crop_length", 66800)
+            for p in ALL_FILES
+            if key_of(section(p, "model", {})) == key_of(model)
+        }
+    )
 
 
-MODELS = unique([
-    (key_of(section(p, "model", {})), pytest.param(section(p, "model", {}), id=rel(p))) for p in ALL_FILES
-])
+MODELS = unique(
+    [(key_of(section(p, "model", {})), pytest.param(section(p, "model", {}), id=rel(p))) for p in ALL_FILES]
+)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -308,9 +328,7 @@ def test_model_builds_and_scores_audio(model):
     assert logits.shape == (1, 2) and torch.isfinite(logits).all()
 
 
-ALIGNERS = unique([
-    (key_of(section(p, "dualpath", {})), pytest.param(p, id=rel(p))) for p in ALL_FILES
-])
+ALIGNERS = unique([(key_of(section(p, "dualpath", {})), pytest.param(p, id=rel(p))) for p in ALL_FILES])
 
 
 @pytest.mark.parametrize("path", ALIGNERS)
@@ -320,9 +338,7 @@ def test_aligner_builds(path):
     assert aligner.grouping == dualpath.grouping
 
 
-CHAINS = unique([
-    (key_of(section(p, "augment", {})), pytest.param(p, id=rel(p))) for p in ALL_FILES
-])
+CHAINS = unique([(key_of(section(p, "augment", {})), pytest.param(p, id=rel(p))) for p in ALL_FILES])
 
 
 @pytest.mark.parametrize("path", CHAINS)

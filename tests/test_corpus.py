@@ -56,8 +56,19 @@ def test_shorten_pauses_caps_internal_silence_only():
 
 
 def test_segments_are_cut_at_pauses_within_bounds():
-    audio = _bursts([(1.5, True), (0.3, False), (2.0, True), (0.3, False), (3.0, True), (0.4, False),
-                     (9.0, True), (0.3, False), (0.4, True)])
+    audio = _bursts(
+        [
+            (1.5, True),
+            (0.3, False),
+            (2.0, True),
+            (0.3, False),
+            (3.0, True),
+            (0.4, False),
+            (9.0, True),
+            (0.3, False),
+            (0.4, True),
+        ]
+    )
     spans = segment_at_pauses(audio, SAMPLE_RATE, 1.0, 6.0)
     lengths = [(end - start) / SAMPLE_RATE for start, end in spans]
     assert all(1.0 <= length <= 6.0 for length in lengths), lengths
@@ -118,7 +129,7 @@ def test_world_resynthesis_does_not_depend_on_memory_layout():
     for offset in range(1, 8):  # every 8-byte alignment modulo 64, with other allocations between
         buffer = np.empty(rate + 16)
         start = (-buffer.ctypes.data % 64) // 8 + offset
-        shifted = buffer[start: start + rate]
+        shifted = buffer[start : start + rate]
         shifted[:] = voiced
         clutter = [np.empty(n) for n in (17, 300, 4001)]
         assert np.array_equal(world(shifted, rate, {"f0_scale": 1.0})[0], first), (offset, len(clutter))
@@ -178,8 +189,11 @@ def test_tiny_build_is_readable_and_described(tiny_corpus):
         for record in records:
             info = sf.info(str(tiny_corpus / record.path))
             assert info.samplerate == SAMPLE_RATE and info.channels == 1 and info.format == "FLAC"
-    train_attacks = {r.attack for s in ("train", "dev")
-                     for r in read_protocol("asvspoof2019", tiny_corpus / "protocols" / f"{s}.txt")}
+    train_attacks = {
+        r.attack
+        for s in ("train", "dev")
+        for r in read_protocol("asvspoof2019", tiny_corpus / "protocols" / f"{s}.txt")
+    }
     eval_attacks = {r.attack for r in read_protocol("asvspoof2019", tiny_corpus / "protocols/eval.txt")}
     assert not (eval_attacks - {None}) & train_attacks
     assert len(manifest["files"]) == sum(manifest["splits"][s]["utterances"] for s in manifest["splits"]) + 3
@@ -193,8 +207,21 @@ def test_a_killed_build_resumes_to_the_same_bytes(tiny_corpus, tmp_path):
     """SIGKILL mid-render, then the same command again: identical checksums to an uninterrupted
     build with the same seed, and never a corpus.json before the end."""
     out = tmp_path / "resumed"
-    command = [sys.executable, "-m", "dpda", "corpus", "build", "--out", str(out), "--size", "tiny",
-               "--seed", "3", "--quiet", "--no-install"]
+    command = [
+        sys.executable,
+        "-m",
+        "dpda",
+        "corpus",
+        "build",
+        "--out",
+        str(out),
+        "--size",
+        "tiny",
+        "--seed",
+        "3",
+        "--quiet",
+        "--no-install",
+    ]
     process = subprocess.Popen(command, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(list((out / "flac").glob("*.flac"))) < 4 and process.poll() is None and time.monotonic() < deadline:
@@ -231,7 +258,8 @@ def test_small_corpus_has_no_trivial_shortcut(corpus_packages, tmp_path):
     # The check itself is not blind: the same regression separates bona fide from spoof
     # when one class is made quieter, a difference the corpus avoids.
     records = read_protocol("asvspoof2019", tmp_path / "small/protocols/train.txt")
-    x = np.stack([features(sf.read(str(tmp_path / "small" / r.path))[0] * (0.3 if r.label == 1 else 1.0))
-                  for r in records])
+    x = np.stack(
+        [features(sf.read(str(tmp_path / "small" / r.path))[0] * (0.3 if r.label == 1 else 1.0)) for r in records]
+    )
     y = np.array([r.label for r in records])
     assert shortcut_check((x, y), [("train", x, y)])["eer_train"] < 0.1

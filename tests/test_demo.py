@@ -21,8 +21,13 @@ def demo(tmp_path_factory, reference_dir):
     except MissingPackagesError as error:
         pytest.skip(f"corpus packages unavailable and not installable here: {error}")
     out = tmp_path_factory.mktemp("demo")
-    results = run_demo(out, aligners=("mean", "pcgrad"), budget=TINY, progress=False,
-                       reference_model=reference_dir / "aasist" / "AASIST.pth")
+    results = run_demo(
+        out,
+        aligners=("mean", "pcgrad"),
+        budget=TINY,
+        progress=False,
+        reference_model=reference_dir / "aasist" / "AASIST.pth",
+    )
     return out, results
 
 

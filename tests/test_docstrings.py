@@ -10,8 +10,11 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 #: Every module whose docstrings hold an example (found, not listed, so a new one is never missed).
-MODULES = sorted(".".join(path.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__")
-                 for path in (SOURCE / "dpda").rglob("*.py") if ">>>" in path.read_text(encoding="utf-8"))
+MODULES = sorted(
+    ".".join(path.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__")
+    for path in (SOURCE / "dpda").rglob("*.py")
+    if ">>>" in path.read_text(encoding="utf-8")
+)
 
 
 def test_the_examples_are_found():

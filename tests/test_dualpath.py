@@ -21,15 +21,16 @@ def path_gradients(model, x_orig, x_aug, labels, joint=True):
     params = [p for p in model.parameters() if p.requires_grad]
     if joint:
         logits = model(torch.cat([x_orig, x_aug]))
-        pieces = logits[: len(labels)], logits[len(labels):]
+        pieces = logits[: len(labels)], logits[len(labels) :]
     else:
         pieces = model(x_orig), model(x_aug)
     flats = []
     for piece in pieces:
         loss = F.cross_entropy(piece, labels, weight=WEIGHTS)
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flats.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                for g, p in zip(grads, params)]))
+        flats.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        )
     return flats
 
 
@@ -38,7 +39,7 @@ def sgd_step_with(model, flat_update, lr):
     offset = 0
     with torch.no_grad():
         for p in (p for p in expected.parameters() if p.requires_grad):
-            p -= lr * flat_update[offset: offset + p.numel()].view_as(p)
+            p -= lr * flat_update[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
     return expected
 
@@ -193,8 +194,9 @@ def test_undefined_loss_skips_the_step(mode):
     model = TinyDetector()
     before = copy.deepcopy(model)
     x, x_aug, _ = batch()
-    engine = DualPathStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "pcgrad", mode=mode,
-                          loss=WeightedCrossEntropy([1.0, 0.0]))
+    engine = DualPathStep(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), "pcgrad", mode=mode, loss=WeightedCrossEntropy([1.0, 0.0])
+    )
     stats = engine(x, x_aug, torch.ones(len(x), dtype=torch.long))
     assert stats.skipped and math.isnan(stats.loss_orig)
     assert_same_parameters(model, before, atol=0)
@@ -204,8 +206,9 @@ def test_bf16_autocast_step_is_close_to_fp32():
     models = [TinyDetector() for _ in range(2)]
     x, x_aug, labels = batch()
     for model, precision in zip(models, ("fp32", "bf16")):
-        stats = DualPathStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "pcgrad",
-                             precision=precision)(x, x_aug, labels)
+        stats = DualPathStep(model, torch.optim.SGD(model.parameters(), lr=0.1), "pcgrad", precision=precision)(
+            x, x_aug, labels
+        )
         assert not stats.skipped and math.isfinite(stats.cosine)
     assert_same_parameters(models[0], models[1], atol=2e-2)
 
@@ -215,8 +218,9 @@ def test_fp16_gradients_are_unscaled_and_overflow_backs_off():
     x, x_aug, labels = batch()
     DualPathStep(models[0], torch.optim.SGD(models[0].parameters(), lr=0.1), "pcgrad")(x, x_aug, labels)
     scaler = LossScaler(scale=2.0**70)  # overflows fp16 activations' gradients
-    engine = DualPathStep(models[1], torch.optim.SGD(models[1].parameters(), lr=0.1), "pcgrad",
-                          precision="fp16", loss_scaler=scaler)
+    engine = DualPathStep(
+        models[1], torch.optim.SGD(models[1].parameters(), lr=0.1), "pcgrad", precision="fp16", loss_scaler=scaler
+    )
     before = copy.deepcopy(models[1])
     stats = engine(x, x_aug, labels)
     assert stats.skipped and scaler.scale == 2.0**69

@@ -38,8 +38,13 @@ def test_the_final_checkpoint_carries_a_dev_calibration(run):
 def test_eval_scores_every_set_and_matches_the_metrics(run, corpus, tmp_path):
     out = tmp_path / "eval"
     extra = f"eval.sets=[{{kind: asvspoof2019, protocol: {corpus / 'dev.txt'}, root: {corpus}, name: dev_again}}]"
-    result = subprocess.run([sys.executable, "-m", "dpda", "eval", str(run), "--out", str(out), "--set", extra],
-                            env=environment(), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "dpda", "eval", str(run), "--out", str(out), "--set", extra],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     records = read_protocol("asvspoof2019", corpus / "dev.txt")
@@ -54,12 +59,21 @@ def test_an_interrupted_scoring_resumes_and_keeps_what_was_scored(run, corpus, t
     detector = load_detector(run, torch.device("cpu"))
     records = read_protocol("asvspoof2019", corpus / "eval.txt")
     out = tmp_path / "eval.txt"
-    full = score_protocol(detector.model, records, corpus, tmp_path / "reference.txt", device=torch.device("cpu"),
-                          length=None, batch_size=4, progress=False)
+    full = score_protocol(
+        detector.model,
+        records,
+        corpus,
+        tmp_path / "reference.txt",
+        device=torch.device("cpu"),
+        length=None,
+        batch_size=4,
+        progress=False,
+    )
     partial = out.with_name(out.name + ".partial")
     partial.write_text("".join(f"{r.utt_id} 123.0\n" for r in records[:3]))  # kept, not recomputed
-    resumed = score_protocol(detector.model, records, corpus, out, device=torch.device("cpu"),
-                             length=None, batch_size=4, progress=False)
+    resumed = score_protocol(
+        detector.model, records, corpus, out, device=torch.device("cpu"), length=None, batch_size=4, progress=False
+    )
     assert not partial.exists() and out.exists()
     assert [resumed[r.utt_id] for r in records[:3]] == [123.0] * 3
     assert all(resumed[r.utt_id] == pytest.approx(full[r.utt_id], abs=1e-6) for r in records[3:])
@@ -79,8 +93,12 @@ def test_score_files_are_checked_against_the_protocol(tmp_path):
 
 
 def test_set_metrics_report_per_attack_eer():
-    records = [Utterance("b1", "b1.flac", 1), Utterance("b2", "b2.flac", 1),
-               Utterance("s1", "s1.flac", 0, "A01"), Utterance("s2", "s2.flac", 0, "A02")]
+    records = [
+        Utterance("b1", "b1.flac", 1),
+        Utterance("b2", "b2.flac", 1),
+        Utterance("s1", "s1.flac", 0, "A01"),
+        Utterance("s2", "s2.flac", 0, "A02"),
+    ]
     metrics = set_metrics({"b1": 2.0, "b2": 1.0, "s1": 1.5, "s2": -1.0}, records)
     assert metrics["eer_per_attack"]["A02"] == 0.0
     assert metrics["eer_per_attack"]["A01"] == eer([2.0, 1.0], [1.5])[0]
@@ -100,10 +118,24 @@ def test_score_command_reports_each_file_and_bad_ones(run, corpus, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     audio, _ = sf.read(str(corpus / "flac" / "EVAL_0000.flac"))
-    sf.write(str(folder / "clip_44k.wav"), np.repeat(audio, 2)[: 44100], 44100)  # another rate and format
+    sf.write(str(folder / "clip_44k.wav"), np.repeat(audio, 2)[:44100], 44100)  # another rate and format
     (folder / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
-    result = subprocess.run([sys.executable, "-m", "dpda", "score", str(folder), str(corpus / "flac" / "EVAL_0001.flac"),
-                             "--model", str(run)], env=environment(), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpda",
+            "score",
+            str(folder),
+            str(corpus / "flac" / "EVAL_0001.flac"),
+            "--model",
+            str(run),
+        ],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 1 and len(lines) == 3
     by_name = {Path(line["path"]).name: line for line in lines}
@@ -115,8 +147,25 @@ def test_score_command_reports_each_file_and_bad_ones(run, corpus, tmp_path):
 
 
 def test_landscape_command_writes_the_figure_and_the_grid(run, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dpda", "landscape", str(run), "--points", "5", "--utterances", "6",
-                             "--out", str(tmp_path)], env=environment(), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpda",
+            "landscape",
+            str(run),
+            "--points",
+            "5",
+            "--utterances",
+            "6",
+            "--out",
+            str(tmp_path),
+        ],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "landscape.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     grid = np.load(tmp_path / "landscape.npz")

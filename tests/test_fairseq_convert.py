@@ -187,26 +187,60 @@ def test_released_sizes_without_cfg(layers, width, heads, layout):
     """The released models' shapes (on the meta device: no memory) give back their configs."""
     from transformers import Wav2Vec2Config
 
-    config = Wav2Vec2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                            intermediate_size=4 * width, mask_time_prob=0.05, **layout)
+    config = Wav2Vec2Config(
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        mask_time_prob=0.05,
+        **layout,
+    )
     with torch.device("meta"):
         model = Wav2Vec2Model(config)
     state = {f"ssl_model.model.{k}": v for k, v in fairseq_names(model).items()}
     derived, weights = fairseq_to_transformers(state, None, prefix="ssl_model.model.")
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
-                 "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "do_stable_layer_norm",
-                 "num_conv_pos_embeddings", "num_conv_pos_embedding_groups"):
+    for name in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "conv_dim",
+        "conv_kernel",
+        "conv_stride",
+        "conv_bias",
+        "feat_extract_norm",
+        "do_stable_layer_norm",
+        "num_conv_pos_embeddings",
+        "num_conv_pos_embedding_groups",
+    ):
         assert listed(getattr(derived, name)) == listed(getattr(config, name)), name
     assert weights.keys() == model.state_dict().keys() - {"masked_spec_embed"}  # the mask embedding is dropped
 
 
 #: A saved configuration with values other than fairseq's defaults, and options that do not carry.
-UNUSUAL = {"dropout": 0.2, "attention_dropout": 0.15, "activation_dropout": 0.05, "dropout_input": 0.25,
-           "encoder_layerdrop": 0.1, "feature_grad_mult": 0.1, "dropout_features": 0.3, "mask_prob": 0.65,
-           "mask_channel_prob": 0.1, "quantize_targets": True, "latent_temp": [2.0, 0.5, 0.999995]}
-TRANSFORMERS_VALUES = {"hidden_dropout": 0.2, "attention_dropout": 0.15, "activation_dropout": 0.05,
-                       "feat_proj_dropout": 0.25, "layerdrop": 0.1, "mask_time_prob": 0.0,
-                       "mask_feature_prob": 0.0, "apply_spec_augment": False}
+UNUSUAL = {
+    "dropout": 0.2,
+    "attention_dropout": 0.15,
+    "activation_dropout": 0.05,
+    "dropout_input": 0.25,
+    "encoder_layerdrop": 0.1,
+    "feature_grad_mult": 0.1,
+    "dropout_features": 0.3,
+    "mask_prob": 0.65,
+    "mask_channel_prob": 0.1,
+    "quantize_targets": True,
+    "latent_temp": [2.0, 0.5, 0.999995],
+}
+TRANSFORMERS_VALUES = {
+    "hidden_dropout": 0.2,
+    "attention_dropout": 0.15,
+    "activation_dropout": 0.05,
+    "feat_proj_dropout": 0.25,
+    "layerdrop": 0.1,
+    "mask_time_prob": 0.0,
+    "mask_feature_prob": 0.0,
+    "apply_spec_augment": False,
+}
 
 
 @pytest.mark.parametrize("form", ["cfg", "args"])
@@ -243,7 +277,9 @@ def test_every_saved_value_is_carried_or_reported(tmp_path, form, capsys):
 
 def test_fairseq_defaults_fill_a_config_without_the_values(tmp_path):
     model = random_model(XLSR_LIKE)
-    options = {k: v for k, v in model_cfg(model).items() if k not in ("dropout", "attention_dropout", "encoder_layerdrop")}
+    options = {
+        k: v for k, v in model_cfg(model).items() if k not in ("dropout", "attention_dropout", "encoder_layerdrop")
+    }
     torch.save({"cfg": {"model": options}, "model": fairseq_names(model)}, tmp_path / "src.pt")
     report = convert_fairseq_checkpoint(tmp_path / "src.pt", tmp_path / "hf").report
     assert report["carried"]["dropout"] == {"to": "hidden_dropout", "value": 0.1, "from": "fairseq default"}
@@ -300,8 +336,11 @@ def test_arbitrary_globals_are_refused_and_never_run(tmp_path, zip_format):
     custom = Custom()
     custom.__dict__["marker"] = str(marker)
     src = tmp_path / "evil.pt"
-    torch.save({"model": {"w": torch.zeros(1)}, "cfg": {"x": Payload(marker)}, "extra": custom}, src,
-               _use_new_zipfile_serialization=zip_format)
+    torch.save(
+        {"model": {"w": torch.zeros(1)}, "cfg": {"x": Payload(marker)}, "extra": custom},
+        src,
+        _use_new_zipfile_serialization=zip_format,
+    )
     with pytest.raises(UnsafeCheckpointError) as error:
         convert_fairseq_checkpoint(src, tmp_path / "hf")
     assert f"{os.system.__module__}.system" in str(error.value)

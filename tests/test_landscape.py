@@ -122,8 +122,9 @@ def test_filter_normalisation():
             if p.dim() <= 1:
                 assert torch.count_nonzero(d[name]) == 0, name
             else:
-                torch.testing.assert_close(d[name].flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1),
-                                           rtol=1e-5, atol=1e-7)
+                torch.testing.assert_close(
+                    d[name].flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-5, atol=1e-7
+                )
     assert not torch.equal(d1["conv.weight"], d2["conv.weight"])
 
 
@@ -200,8 +201,14 @@ def test_save_load_round_trip(tmp_path):
 def test_sharpness_ring():
     grid = np.linspace(-1.0, 1.0, 21)
     a, b = np.meshgrid(grid, grid, indexing="ij")
-    bowl = Landscape(alphas=grid, betas=grid, loss_original=1 + a**2 + b**2, loss_augmented=1 + 4 * (a**2 + b**2),
-                     directions="filter", span=1.0)
+    bowl = Landscape(
+        alphas=grid,
+        betas=grid,
+        loss_original=1 + a**2 + b**2,
+        loss_augmented=1 + 4 * (a**2 + b**2),
+        directions="filter",
+        span=1.0,
+    )
     sharpness = surface_sharpness(bowl)
     assert sharpness["radius"] == 0.5 and sharpness["ring_points"] > 8
     assert sharpness["original"] == pytest.approx(0.25, abs=0.03)

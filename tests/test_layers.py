@@ -11,13 +11,23 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 #: Layer of each unit (a subpackage or a top-level module of ``dpda``); ``dpda`` is the package's
 #: own ``__init__`` (its version).
 LAYERS = {
-    "dpda": 0, "atomic": 0, "suggest": 0, "markdown": 0, "names": 0, "align": 0,
+    "dpda": 0,
+    "atomic": 0,
+    "suggest": 0,
+    "markdown": 0,
+    "names": 0,
+    "align": 0,
     "config": 1,
-    "data": 2, "models": 2, "checkpoint": 2,
-    "dualpath": 3, "augment": 3,
+    "data": 2,
+    "models": 2,
+    "checkpoint": 2,
+    "dualpath": 3,
+    "augment": 3,
     "evaluate": 4,
     "train": 5,
-    "corpus": 6, "report": 6, "landscape": 6,
+    "corpus": 6,
+    "report": 6,
+    "landscape": 6,
     "demo": 7,
     "cli": 8,
     "__main__": 9,
@@ -57,8 +67,10 @@ def test_imports_point_down_only():
         for line, target in imports(path):
             target_unit = unit(target) if target != "dpda" else "dpda"
             if target_unit in LAYERS and target_unit != source and LAYERS[target_unit] >= LAYERS[source]:
-                upward.append(f"{path.relative_to(SOURCE)}:{line} {source} (layer {LAYERS[source]}) imports "
-                              f"{target} (layer {LAYERS[target_unit]})")
+                upward.append(
+                    f"{path.relative_to(SOURCE)}:{line} {source} (layer {LAYERS[source]}) imports "
+                    f"{target} (layer {LAYERS[target_unit]})"
+                )
     assert not upward, "\n".join(upward)
 
 

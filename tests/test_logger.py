@@ -44,8 +44,14 @@ def age_event_files(folder, seconds=100):
 
 
 def stats(loss, *, skipped=False, conflict=None, cosine=None):
-    return {"loss_orig": loss, "loss_aug": loss + 0.5, "skipped": skipped, "cosine": cosine, "conflict": conflict,
-            "clip_coef": None}
+    return {
+        "loss_orig": loss,
+        "loss_aug": loss + 0.5,
+        "skipped": skipped,
+        "cosine": cosine,
+        "conflict": conflict,
+        "clip_coef": None,
+    }
 
 
 def test_header_grows_when_a_key_appears(tmp_path):
@@ -62,9 +68,13 @@ def test_header_grows_when_a_key_appears(tmp_path):
         ["4", "1", "", "", "2.0"],
     ]
     columns = read_csv(tmp_path / "steps.csv")
-    assert columns == {"step": [1.0, 2.0, 3.0, 4.0], "epoch": [0.0, 0.0, 1.0, 1.0],
-                       "loss": [0.5, 0.25, 0.125, None], "skipped": [0.0, 1.0, 0.0, None],
-                       "aug/noise.snr_db": [None, None, 7.5, 2.0]}
+    assert columns == {
+        "step": [1.0, 2.0, 3.0, 4.0],
+        "epoch": [0.0, 0.0, 1.0, 1.0],
+        "loss": [0.5, 0.25, 0.125, None],
+        "skipped": [0.0, 1.0, 0.0, None],
+        "aug/noise.snr_db": [None, None, 7.5, 2.0],
+    }
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -85,7 +95,9 @@ def test_epoch_rows_and_index_keys(tmp_path):
         with pytest.raises(ValueError, match="disagrees"):
             logger.log_epoch(3, {"epoch": 4})
     assert rows(tmp_path / "epochs.csv") == [
-        ["epoch", "step", "dev_eer", "conflict_rate"], ["1", "10", "0.1", "nan"], ["2", "20", "0.05", "0.25"],
+        ["epoch", "step", "dev_eer", "conflict_rate"],
+        ["1", "10", "0.1", "nan"],
+        ["2", "20", "0.05", "0.25"],
     ]
     assert read_csv(tmp_path / "steps.csv") == {"step": [], "epoch": []}
 
@@ -119,8 +131,15 @@ def test_fresh_start_overwrites(tmp_path):
 def test_tensorboard_scalars(tmp_path):
     with RunLogger(tmp_path, csv=False) as logger:
         for step in range(1, 5):
-            logger.log_step(step, 0, {**stats(step / 4, conflict=step % 2 == 0, cosine=0.5 - step / 4),
-                                      "lr": 1e-3, "bad": math.nan if step == 2 else 1.0})
+            logger.log_step(
+                step,
+                0,
+                {
+                    **stats(step / 4, conflict=step % 2 == 0, cosine=0.5 - step / 4),
+                    "lr": 1e-3,
+                    "bad": math.nan if step == 2 else 1.0,
+                },
+            )
         logger.log_epoch(1, {"dev_eer": 0.125, "conflict_rate": 0.5})
     assert not (tmp_path / "steps.csv").exists() and not (tmp_path / "epochs.csv").exists()
     steps = tmp_path / "tensorboard" / "steps"
@@ -148,8 +167,11 @@ def test_resume_truncates_csvs_and_purges_events(tmp_path):
         logger.log_step(5, 2, {"loss": 50.0, "extra": 1.0})
         logger.log_epoch(3, {"dev_loss": 3.0})
     assert read_csv(tmp_path / "steps.csv") == {
-        "step": [1.0, 2.0, 3.0, 4.0, 5.0], "epoch": [0.0, 0.0, 1.0, 1.0, 2.0],
-        "loss": [1.0, 2.0, 3.0, 4.0, 50.0], "extra": [None, None, None, None, 1.0]}
+        "step": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "epoch": [0.0, 0.0, 1.0, 1.0, 2.0],
+        "loss": [1.0, 2.0, 3.0, 4.0, 50.0],
+        "extra": [None, None, None, None, 1.0],
+    }
     assert read_csv(tmp_path / "epochs.csv") == {"epoch": [1.0, 2.0, 3.0], "dev_loss": [0.2, 0.4, 3.0]}
     assert scalars(tmp_path / "tensorboard" / "steps", "train/loss") == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 50.0}
     assert scalars(tmp_path / "tensorboard" / "epochs", "epoch/dev_loss") == pytest.approx({1: 0.2, 2: 0.4, 3: 3.0})
@@ -194,28 +216,40 @@ def test_bad_arguments(tmp_path):
 
 def test_summarise_augmentation():
     nan = math.nan
-    first = summarise_augmentation({
-        "rawboost.applied": torch.tensor([True, False, True, True]),
-        "rawboost.snr_db": torch.tensor([10.0, nan, 20.0, 30.0]),
-        "noise.applied": torch.tensor([False, False, False, False]),
-        "codec.bitrate_kbps": torch.full((4,), nan, dtype=torch.float16),
-        "noise.noise_index": torch.tensor([[3, -1], [-1, -1], [1, 2], [-1, -1]]),
-        "reverb.rir_index": torch.tensor([-1, -1, -1, -1]),
-    })
-    assert first == {"aug/rawboost.applied": 0.75, "aug/rawboost.snr_db": 20.0, "aug/noise.applied": 0.0,
-                     "aug/noise.noise_index": 2.0}
-    second = summarise_augmentation({"rawboost.applied": torch.tensor([False, False]),
-                                     "noise.applied": torch.tensor([True, True]),
-                                     "noise.snr_db": torch.tensor([1.0, 2.0], dtype=torch.float64)})
+    first = summarise_augmentation(
+        {
+            "rawboost.applied": torch.tensor([True, False, True, True]),
+            "rawboost.snr_db": torch.tensor([10.0, nan, 20.0, 30.0]),
+            "noise.applied": torch.tensor([False, False, False, False]),
+            "codec.bitrate_kbps": torch.full((4,), nan, dtype=torch.float16),
+            "noise.noise_index": torch.tensor([[3, -1], [-1, -1], [1, 2], [-1, -1]]),
+            "reverb.rir_index": torch.tensor([-1, -1, -1, -1]),
+        }
+    )
+    assert first == {
+        "aug/rawboost.applied": 0.75,
+        "aug/rawboost.snr_db": 20.0,
+        "aug/noise.applied": 0.0,
+        "aug/noise.noise_index": 2.0,
+    }
+    second = summarise_augmentation(
+        {
+            "rawboost.applied": torch.tensor([False, False]),
+            "noise.applied": torch.tensor([True, True]),
+            "noise.snr_db": torch.tensor([1.0, 2.0], dtype=torch.float64),
+        }
+    )
     assert second == {"aug/rawboost.applied": 0.0, "aug/noise.applied": 1.0, "aug/noise.snr_db": 1.5}
     assert summarise_augmentation({}) == {}
 
 
 @needs_tensorboard
 def test_augmentation_keys_changing_between_batches(tmp_path):
-    batches = [{"noise.applied": torch.tensor([False, False])},
-               {"noise.applied": torch.tensor([True, False]), "noise.snr_db": torch.tensor([4.0, math.nan])},
-               {"noise.applied": torch.tensor([False, False])}]
+    batches = [
+        {"noise.applied": torch.tensor([False, False])},
+        {"noise.applied": torch.tensor([True, False]), "noise.snr_db": torch.tensor([4.0, math.nan])},
+        {"noise.applied": torch.tensor([False, False])},
+    ]
     with RunLogger(tmp_path) as logger:
         for step, params in enumerate(batches, start=1):
             logger.log_step(step, 0, {"loss": 1.0, **summarise_augmentation(params)})
@@ -235,8 +269,14 @@ def test_conflict_meter():
     meter.update({"loss_orig": 0.5, "skipped": False})  # concat mode: no gradient statistics
     assert meter.steps == 5 and meter.skipped_steps == 1
     assert meter.rate == pytest.approx(2 / 3)
-    assert meter.as_dict() == {"conflict_rate": pytest.approx(2 / 3), "mean_cosine": pytest.approx(-1 / 6),
-                               "steps": 5, "skipped_steps": 1, "conflicts": 2, "flagged_steps": 3}
+    assert meter.as_dict() == {
+        "conflict_rate": pytest.approx(2 / 3),
+        "mean_cosine": pytest.approx(-1 / 6),
+        "steps": 5,
+        "skipped_steps": 1,
+        "conflicts": 2,
+        "flagged_steps": 3,
+    }
     meter.reset()
     assert meter.as_dict()["steps"] == 0 and math.isnan(meter.rate)
     meter.update(stats(0.5, skipped=True))

@@ -35,8 +35,13 @@ def released_like(name: str) -> tuple[SSLDetector, dict[str, torch.Tensor]]:
     under ``ssl_model.model.`` (fairseq names), the back-end at the top level, all behind the
     ``module.`` prefix that DataParallel leaves."""
     torch.manual_seed(0)
-    config = tiny_config("wav2vec2", **XLSR_LIKE, conv_dim=[16] * len(STANDARD_CONV),
-                         conv_kernel=[k for _, k, _ in STANDARD_CONV], conv_stride=[s for _, _, s in STANDARD_CONV])
+    config = tiny_config(
+        "wav2vec2",
+        **XLSR_LIKE,
+        conv_dim=[16] * len(STANDARD_CONV),
+        conv_kernel=[k for _, k, _ in STANDARD_CONV],
+        conv_stride=[s for _, _, s in STANDARD_CONV],
+    )
     frontend = SSLFrontEnd(config)
     model = SSLDetector(frontend, _load(SSL_BACKENDS[name])(ssl_dim=frontend.output_dim)).eval()
     with torch.no_grad():
@@ -80,10 +85,19 @@ def test_keys_that_do_not_map_are_all_listed():
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_checkpoints"
 SAMPLES = 66800  # what the paper code scores: no crop or padding on the way
-FAKE_XLSR = {**XLSR_LIKE, "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 16,
-             "intermediate_size": 64, "conv_dim": [8] * len(STANDARD_CONV),
-             "conv_kernel": [k for _, k, _ in STANDARD_CONV], "conv_stride": [s for _, _, s in STANDARD_CONV],
-             "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 16, "mask_time_prob": 0.05}
+FAKE_XLSR = {
+    **XLSR_LIKE,
+    "hidden_size": 1024,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 16,
+    "intermediate_size": 64,
+    "conv_dim": [8] * len(STANDARD_CONV),
+    "conv_kernel": [k for _, k, _ in STANDARD_CONV],
+    "conv_stride": [s for _, _, s in STANDARD_CONV],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 16,
+    "mask_time_prob": 0.05,
+}
 
 
 def reference_backend(name: str) -> dict[str, list[int]]:
@@ -129,8 +143,9 @@ def test_converted_paper_checkpoint_scores_as_the_released_model(name, tmp_path,
     dst = tmp_path / "converted" / f"{name}.safetensors"
     assert main(["convert-paper", str(tmp_path / "released.pth"), str(dst), "--model", name]) == 0
     assert sorted(p.name for p in dst.parent.iterdir()) == [f"{name}.json", f"{name}.safetensors"]
-    sf.write(tmp_path / "utterance.wav", 0.1 * np.random.default_rng(0).standard_normal(SAMPLES), 16000,
-             subtype="FLOAT")
+    sf.write(
+        tmp_path / "utterance.wav", 0.1 * np.random.default_rng(0).standard_normal(SAMPLES), 16000, subtype="FLOAT"
+    )
     capsys.readouterr()
     assert main(["score", str(tmp_path / "utterance.wav"), "--model", str(dst), "--device", "cpu"]) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -159,8 +174,9 @@ def test_convert_paper_lists_every_key_that_does_not_fit_in_one_error(tmp_path):
     state["module.ssl_model.model.encoder.layers.0.adapter.weight"] = torch.zeros(4)
     del state["module.conformer.fc5.bias"]
     torch.save(state, tmp_path / "released.pth")
-    status, error = convert(str(tmp_path / "released.pth"), str(tmp_path / "out.safetensors"),
-                            "--model", "xlsr_conformer_tcm")
+    status, error = convert(
+        str(tmp_path / "released.pth"), str(tmp_path / "out.safetensors"), "--model", "xlsr_conformer_tcm"
+    )
     assert status == 1
     assert "ssl_model.model.encoder.layers.0.adapter.weight" in error and "backend.conformer.fc5.bias" in error
     assert error.count("\n") == 1 and not (tmp_path / "out.safetensors").exists()
@@ -171,8 +187,11 @@ def test_convert_paper_refuses_what_is_not_a_state_dict_or_a_paper_model(tmp_pat
     torch.save({"epoch": 3, "model": {"w": torch.zeros(1)}}, tmp_path / "training.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint\n")
     out = str(tmp_path / "out.safetensors")
-    for source, message in (("list.pth", "expected a state dict"), ("training.pth", "entries that are no tensors"),
-                            ("text.pth", "not a torch.save file")):
+    for source, message in (
+        ("list.pth", "expected a state dict"),
+        ("training.pth", "entries that are no tensors"),
+        ("text.pth", "not a torch.save file"),
+    ):
         status, error = convert(str(tmp_path / source), out, "--model", "xlsr_aasist")
         assert status == 1 and message in error, error
     status, error = convert(str(tmp_path / "list.pth"), out, "--model", "conformer")
@@ -190,11 +209,19 @@ def test_model_init_loads_strictly_and_never_unpickles(tmp_path):
     torch.manual_seed(1)
     initialised = build({**config, "init": str(tmp_path / "weights.safetensors")})
     assert all(torch.equal(initialised.state_dict()[k], v) for k, v in source.state_dict().items())
-    weighted = {**config, "ssl": {"tiny": "wav2vec2", "layer": "weighted"}, "init": str(tmp_path / "weights.safetensors")}
-    with pytest.raises(ValueError, match=r"weights.safetensors does not fit .* weights not filled \['ssl.layer_weights'\]"):
+    weighted = {
+        **config,
+        "ssl": {"tiny": "wav2vec2", "layer": "weighted"},
+        "init": str(tmp_path / "weights.safetensors"),
+    }
+    with pytest.raises(
+        ValueError, match=r"weights.safetensors does not fit .* weights not filled \['ssl.layer_weights'\]"
+    ):
         build(weighted)
     with pytest.raises(ValueError, match=r"keys without a place \[.*\] and \d+ more"):
-        build({"name": "xlsr_conformer_tcm", "ssl": {"tiny": "wav2vec2"}, "init": str(tmp_path / "weights.safetensors")})
+        build(
+            {"name": "xlsr_conformer_tcm", "ssl": {"tiny": "wav2vec2"}, "init": str(tmp_path / "weights.safetensors")}
+        )
     torch.save(source.state_dict(), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="never unpickles"):
         build({**config, "init": str(tmp_path / "weights.pth")})

@@ -31,14 +31,15 @@ CROP = 66800
 
 # --- the dev-loss criterion --------------------------------------------------------------------
 
+
 def paper_dev_loss(logits: torch.Tensor, labels: torch.Tensor, batch: int = 8) -> float:
     """The paper code's loop: per-batch weighted CE (mean reduction) times the batch size, summed,
     over the number of utterances."""
     total = 0.0
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.1, 0.9]))
     for start in range(0, len(labels), batch):
-        part = labels[start: start + batch]
-        total += criterion(logits[start: start + batch], part).item() * len(part)
+        part = labels[start : start + batch]
+        total += criterion(logits[start : start + batch], part).item() * len(part)
     return total / len(labels)
 
 
@@ -55,6 +56,7 @@ def test_batch_mean_dev_loss_is_the_paper_criterion_and_differs_from_pooled():
 
 # --- zero gradients for parameters without one ---------------------------------------------------
 
+
 def test_zero_missing_grads_lets_weight_decay_move_frozen_and_unused_parameters():
     moved = {}
     for zero in (False, True):
@@ -63,8 +65,9 @@ def test_zero_missing_grads_lets_weight_decay_move_frozen_and_unused_parameters(
         engine = DualPathStep(model, optimizer, "pcgrad", zero_missing_grads=zero)
         x = 0.1 * torch.randn(4, 400)
         engine(x, x + 0.01 * torch.randn(4, 400), torch.tensor([0, 1, 0, 1]))
-        moved[zero] = {name: not torch.equal(p, LoudOnlyBranch().state_dict()[name])
-                       for name, p in model.named_parameters()}
+        moved[zero] = {
+            name: not torch.equal(p, LoudOnlyBranch().state_dict()[name]) for name, p in model.named_parameters()
+        }
         assert all(p.grad is None for p in model.parameters())
     assert not moved[False]["frozen"] and not moved[False]["loud_gain"] and not moved[False]["unused"]
     assert moved[True]["frozen"] and moved[True]["loud_gain"]
@@ -76,8 +79,14 @@ def test_paper_configs_hand_frozen_parameters_to_adam_only_with_an_aligner(tmp_p
     """The Conformer-TCM positional table is a frozen parameter, as in the paper code: with
     zero_missing_grads the trainer's optimizer holds it and weight decay moves it."""
     config = _config(corpus, tmp_path / "runs", epochs=1, n_best=1, max_steps_per_epoch=2)
-    config["model"] = {"name": "xlsr_conformer_tcm", "ssl": {"tiny": "wav2vec2"},
-                       "emb_size": 16, "heads": 2, "kernel_size": 3, "n_encoders": 1}
+    config["model"] = {
+        "name": "xlsr_conformer_tcm",
+        "ssl": {"tiny": "wav2vec2"},
+        "emb_size": 16,
+        "heads": 2,
+        "kernel_size": 3,
+        "n_encoders": 1,
+    }
     config["optim"] = {"lr": 1e-3, "weight_decay": 1e-2}
     config["eval"] = {"sets": []}
     tables = {}
@@ -93,6 +102,7 @@ def test_paper_configs_hand_frozen_parameters_to_adam_only_with_an_aligner(tmp_p
 
 
 # --- RawBoost on the whole utterance, then the crop ----------------------------------------------
+
 
 def paired(tmp_path, audio: np.ndarray, algo: int, order: str, seed: int = 0) -> PairedDataset:
     sf.write(str(tmp_path / "u.wav"), audio, 16000, subtype="FLOAT")
@@ -117,7 +127,7 @@ def test_a_short_utterance_is_augmented_whole_then_repeated_like_the_reference(t
         # the reference pads the augmented utterance: its copy repeats with the original
         np.testing.assert_array_equal(augmented[30000:60000], augmented[:30000])
         snrs.append(snr_db(short, augmented[:30000]))
-        energies.append(10 * np.log10(np.sum(augmented[:30000].astype(np.float64) ** 2) / np.sum(short ** 2.0)))
+        energies.append(10 * np.log10(np.sum(augmented[:30000].astype(np.float64) ** 2) / np.sum(short**2.0)))
     reference = stats["algo4_input_index"] == 5
     assert ks_2samp(snrs, stats["algo4_snr_db"][reference]).pvalue > 0.001
     assert ks_2samp(energies, stats["algo4_energy_ratio_db"][reference]).pvalue > 0.001
@@ -162,8 +172,12 @@ def test_a_run_in_the_paper_order_is_the_same_with_and_without_worker_processes(
         config = _config(corpus, tmp_path / "runs", epochs=1, n_best=1, dev_loss="batch_mean", dev_batch_size=3)
         config["name"] = f"workers-{workers}"
         config["data"]["workers"] = workers
-        config["augment"] = {"chain": None, "order": "augment_then_crop", "where": "loader",
-                             "inline": {"sample_rate": 16000, "stages": [{"name": "rawboost", "algo": 4}]}}
+        config["augment"] = {
+            "chain": None,
+            "order": "augment_then_crop",
+            "where": "loader",
+            "inline": {"sample_rate": 16000, "stages": [{"name": "rawboost", "algo": 4}]},
+        }
         results = train(config_from_dict(config))
         finals.append(load_weights(tmp_path / "runs" / config["name"] / "final.safetensors")[0])
         assert results["history"][0]["dev_loss"] == pytest.approx(results["dev"]["dev_loss"], rel=1e-6)
@@ -174,8 +188,12 @@ def test_a_run_in_the_paper_order_is_the_same_with_and_without_worker_processes(
     model.load_state_dict(finals[0])
     model.eval()
     lines = (corpus / "dev.txt").read_text().splitlines()  # protocol order
-    audio = torch.stack([torch.from_numpy(sf.read(str(corpus / "flac" / f"{line.split()[1]}.flac"),
-                                                  dtype="float32")[0][:8000]) for line in lines])
+    audio = torch.stack(
+        [
+            torch.from_numpy(sf.read(str(corpus / "flac" / f"{line.split()[1]}.flac"), dtype="float32")[0][:8000])
+            for line in lines
+        ]
+    )
     labels = torch.tensor([1 if line.endswith("bonafide") else 0 for line in lines])
     with torch.no_grad():
         logits = model(audio)
@@ -183,6 +201,7 @@ def test_a_run_in_the_paper_order_is_the_same_with_and_without_worker_processes(
 
 
 # --- combinations the paper never ran ----------------------------------------------------------
+
 
 def test_the_paper_order_on_the_device_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"augment\.where.*loader"):

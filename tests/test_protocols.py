@@ -100,11 +100,14 @@ def test_in_the_wild(reference_dir: Path) -> None:
 
 
 def test_asvspoof2019_pa_keeps_the_environment(tmp_path: Path) -> None:
-    path = write(tmp_path / "ASVspoof2019.PA.cm.train.trn.txt", [
-        "PA_0079 PA_T_0000001 aaa - bonafide",
-        "PA_0079 PA_T_0005401 aaa AA spoof",
-        "PA_0080 PA_T_0012345 cba CB spoof",
-    ])
+    path = write(
+        tmp_path / "ASVspoof2019.PA.cm.train.trn.txt",
+        [
+            "PA_0079 PA_T_0000001 aaa - bonafide",
+            "PA_0079 PA_T_0005401 aaa AA spoof",
+            "PA_0080 PA_T_0012345 cba CB spoof",
+        ],
+    )
     records = read_protocol("asvspoof2019", path)
     assert records == [
         Utterance("PA_T_0000001", "flac/PA_T_0000001.flac", BONAFIDE, None, "PA_0079", {"environment": "aaa"}),
@@ -126,7 +129,9 @@ def test_bom_crlf_blank_lines(tmp_path: Path, eol: str) -> None:
     lines = ["", "LA_0079 LA_T_1 - - bonafide", "   ", "LA_0079  LA_T_2 -\tA01 spoof", ""]
     records = read_protocol("asvspoof2019", write(tmp_path / "p.txt", lines, eol=eol, bom=True))
     assert [(r.utt_id, r.label, r.attack, r.speaker) for r in records] == [
-        ("LA_T_1", BONAFIDE, None, "LA_0079"), ("LA_T_2", SPOOF, "A01", "LA_0079")]
+        ("LA_T_1", BONAFIDE, None, "LA_0079"),
+        ("LA_T_2", SPOOF, "A01", "LA_0079"),
+    ]
 
 
 LA2021 = [
@@ -150,8 +155,11 @@ PA2021 = [
 def test_asvspoof2021_la_keys(tmp_path: Path) -> None:
     records = read_protocol("asvspoof2021", write(tmp_path / "trial_metadata.txt", LA2021))
     assert [(r.utt_id, r.label, r.attack, r.speaker) for r in records] == [
-        ("LA_E_9332881", SPOOF, "A07", "LA_0009"), ("LA_E_7294490", BONAFIDE, None, "LA_0020"),
-        ("LA_E_1000005", BONAFIDE, None, "LA_0011"), ("LA_E_1000006", SPOOF, "A19", "LA_0012")]
+        ("LA_E_9332881", SPOOF, "A07", "LA_0009"),
+        ("LA_E_7294490", BONAFIDE, None, "LA_0020"),
+        ("LA_E_1000005", BONAFIDE, None, "LA_0011"),
+        ("LA_E_1000006", SPOOF, "A19", "LA_0012"),
+    ]
     assert records[0].path == "flac/LA_E_9332881.flac"
     assert records[0].extra == {"codec": "alaw", "transmission": "ita_tx", "trim": "notrim", "phase": "eval"}
     assert records[3].extra["phase"] == "hidden"
@@ -160,22 +168,45 @@ def test_asvspoof2021_la_keys(tmp_path: Path) -> None:
 def test_asvspoof2021_df_keys(tmp_path: Path) -> None:
     records = read_protocol("asvspoof2021", write(tmp_path / "trial_metadata.txt", DF2021))
     assert [(r.utt_id, r.label, r.attack, r.speaker) for r in records] == [
-        ("DF_E_2000011", SPOOF, "A14", "LA_0023"), ("DF_E_2000012", BONAFIDE, None, "VCC2TM2"),
-        ("DF_E_2000013", SPOOF, "Task1-team20", "TEF2")]
-    assert records[0].extra == {"codec": "nocodec", "source": "asvspoof", "trim": "notrim", "phase": "progress",
-                                "vocoder": "traditional_vocoder"}
+        ("DF_E_2000011", SPOOF, "A14", "LA_0023"),
+        ("DF_E_2000012", BONAFIDE, None, "VCC2TM2"),
+        ("DF_E_2000013", SPOOF, "Task1-team20", "TEF2"),
+    ]
+    assert records[0].extra == {
+        "codec": "nocodec",
+        "source": "asvspoof",
+        "trim": "notrim",
+        "phase": "progress",
+        "vocoder": "traditional_vocoder",
+    }
     assert records[1].extra["vocoder"] == "bonafide"
 
 
 def test_asvspoof2021_pa_keys(tmp_path: Path) -> None:
     records = read_protocol("asvspoof2021", write(tmp_path / "trial_metadata.txt", PA2021))
     assert [(r.utt_id, r.label, r.attack) for r in records] == [
-        ("PA_E_1000001", SPOOF, None), ("PA_E_1000002", BONAFIDE, None), ("PA_E_1000003", SPOOF, None)]
-    assert records[0].extra == {"asv_room": "R3", "asv_mic": "M3", "asv_distance": "d4", "attacker_room": "r1",
-                                "attacker_mic": "m1", "replay_device": "s4", "attacker_distance": "c4",
-                                "trim": "notrim", "phase": "eval"}
-    assert records[1].extra == {"asv_room": "R3", "asv_mic": "M3", "asv_distance": "D2", "trim": "notrim",
-                                "phase": "eval"}
+        ("PA_E_1000001", SPOOF, None),
+        ("PA_E_1000002", BONAFIDE, None),
+        ("PA_E_1000003", SPOOF, None),
+    ]
+    assert records[0].extra == {
+        "asv_room": "R3",
+        "asv_mic": "M3",
+        "asv_distance": "d4",
+        "attacker_room": "r1",
+        "attacker_mic": "m1",
+        "replay_device": "s4",
+        "attacker_distance": "c4",
+        "trim": "notrim",
+        "phase": "eval",
+    }
+    assert records[1].extra == {
+        "asv_room": "R3",
+        "asv_mic": "M3",
+        "asv_distance": "D2",
+        "trim": "notrim",
+        "phase": "eval",
+    }
 
 
 def test_asvspoof2021_phase_filter(tmp_path: Path) -> None:
@@ -187,39 +218,56 @@ def test_asvspoof2021_phase_filter(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="eval, progress, hidden"):
             read_asvspoof2021(path, phase=bad)
     only_eval = write(tmp_path / "eval_only.txt", LA2021[:2])
-    raises(only_eval, "no trials of phase hidden", "phases present: eval",
-           call=lambda: read_asvspoof2021(only_eval, phase="hidden"))
+    raises(
+        only_eval,
+        "no trials of phase hidden",
+        "phases present: eval",
+        call=lambda: read_asvspoof2021(only_eval, phase="hidden"),
+    )
 
 
 def test_trial_list(tmp_path: Path) -> None:
     path = write(tmp_path / "ASVspoof2021.LA.cm.eval.trl.txt", ["LA_E_9332881", "", "LA_E_7294490"], eol="\r\n")
     assert read_trial_list(path) == ["LA_E_9332881", "LA_E_7294490"]
-    raises(path, "unlabelled trial list", "read_trial_list()", "expected 8 (ASVspoof 2021 LA keys)",
-           "found 1", line=1, call=lambda: read_protocol("asvspoof2021", path))
+    raises(
+        path,
+        "unlabelled trial list",
+        "read_trial_list()",
+        "expected 8 (ASVspoof 2021 LA keys)",
+        "found 1",
+        line=1,
+        call=lambda: read_protocol("asvspoof2021", path),
+    )
     keys = write(tmp_path / "trial_metadata.txt", LA2021)
     raises(keys, "expected 1 column", "found 8", line=1, call=lambda: read_trial_list(keys))
     repeated = write(tmp_path / "repeated.txt", ["LA_E_1", "LA_E_2", "LA_E_1"])
-    raises(repeated, "duplicate utterance id 'LA_E_1'", "lines 1 and 3", line=3,
-           call=lambda: read_trial_list(repeated))
+    raises(repeated, "duplicate utterance id 'LA_E_1'", "lines 1 and 3", line=3, call=lambda: read_trial_list(repeated))
     empty = write(tmp_path / "empty.txt", ["", " "])
     raises(empty, "empty protocol", call=lambda: read_trial_list(empty))
     raises(tmp_path / "absent.txt", "no such file", call=lambda: read_trial_list(tmp_path / "absent.txt"))
 
 
 def test_asvspoof5(tmp_path: Path) -> None:
-    path = write(tmp_path / "ASVspoof5.dev.track_1.tsv", [
-        "T_4850 T_0000000000 F - - - AC3 A05 spoof -",
-        "T_3734 T_0000000011 F - - - - bonafide bonafide -",
-        "D_0062 D_0000000001 M C03 4 D_0000000190 AC1 A11 spoof -",
-    ])
+    path = write(
+        tmp_path / "ASVspoof5.dev.track_1.tsv",
+        [
+            "T_4850 T_0000000000 F - - - AC3 A05 spoof -",
+            "T_3734 T_0000000011 F - - - - bonafide bonafide -",
+            "D_0062 D_0000000001 M C03 4 D_0000000190 AC1 A11 spoof -",
+        ],
+    )
     records = read_protocol("asvspoof5", path)
     assert records == [
-        Utterance("T_0000000000", "T_0000000000.flac", SPOOF, "A05", "T_4850",
-                  {"gender": "F", "attack_tag": "AC3"}),
+        Utterance("T_0000000000", "T_0000000000.flac", SPOOF, "A05", "T_4850", {"gender": "F", "attack_tag": "AC3"}),
         Utterance("T_0000000011", "T_0000000011.flac", BONAFIDE, None, "T_3734", {"gender": "F"}),
-        Utterance("D_0000000001", "D_0000000001.flac", SPOOF, "A11", "D_0062",
-                  {"gender": "M", "codec": "C03", "codec_q": "4", "codec_seed": "D_0000000190",
-                   "attack_tag": "AC1"}),
+        Utterance(
+            "D_0000000001",
+            "D_0000000001.flac",
+            SPOOF,
+            "A11",
+            "D_0062",
+            {"gender": "M", "codec": "C03", "codec_q": "4", "codec_seed": "D_0000000190", "attack_tag": "AC1"},
+        ),
     ]
     one = write(tmp_path / "one.tsv", ["T_1 T_0000000002 M - - - - bonafide bonafide -"])
     (record,) = read_protocol("asvspoof5", one, path_template="flac_T/{utt_id}.flac")
@@ -232,11 +280,9 @@ def test_asvspoof5(tmp_path: Path) -> None:
 
 def test_csv_defaults(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_bytes(b'\xef\xbb\xbfpath,label,note\r\n'
-                     b'a/x.wav,Bonafide,"quiet, indoor"\r\n'
-                     b'\r\n'
-                     b'b/y.flac,FAKE,\r\n'
-                     b'c/z.wav,1,\r\n')
+    path.write_bytes(
+        b'\xef\xbb\xbfpath,label,note\r\na/x.wav,Bonafide,"quiet, indoor"\r\n\r\nb/y.flac,FAKE,\r\nc/z.wav,1,\r\n'
+    )
     records = read_protocol("csv", path)
     assert records == [
         Utterance("a/x", "a/x.wav", BONAFIDE, None, None, {"note": "quiet, indoor"}),
@@ -247,17 +293,38 @@ def test_csv_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_csv_custom_columns_sniffed_delimiter(tmp_path: Path, delimiter: str) -> None:
-    rows = [["id", "audio", "class", "who", "system", "lang"],
-            ["u1", "clips/1.wav", "human", "spk1", "", "en"],
-            ["u2", "clips/2.wav", "machine", "spk2", "tts-3", "de"]]
+    rows = [
+        ["id", "audio", "class", "who", "system", "lang"],
+        ["u1", "clips/1.wav", "human", "spk1", "", "en"],
+        ["u2", "clips/2.wav", "machine", "spk2", "tts-3", "de"],
+    ]
     path = write(tmp_path / "meta.txt", [delimiter.join(row) for row in rows])
-    records = read_csv(path, path_column="audio", label_column="class", id_column="id", speaker_column="who",
-                       attack_column="system", bonafide_values=["Human"], spoof_values=["machine"])
-    assert records == [Utterance("u1", "clips/1.wav", BONAFIDE, None, "spk1", {"lang": "en"}),
-                       Utterance("u2", "clips/2.wav", SPOOF, "tts-3", "spk2", {"lang": "de"})]
-    same = read_protocol("csv", path, path_column="audio", label_column="class", id_column="id",
-                         speaker_column="who", attack_column="system", bonafide_values=["human"],
-                         spoof_values=["machine"], delimiter=delimiter)
+    records = read_csv(
+        path,
+        path_column="audio",
+        label_column="class",
+        id_column="id",
+        speaker_column="who",
+        attack_column="system",
+        bonafide_values=["Human"],
+        spoof_values=["machine"],
+    )
+    assert records == [
+        Utterance("u1", "clips/1.wav", BONAFIDE, None, "spk1", {"lang": "en"}),
+        Utterance("u2", "clips/2.wav", SPOOF, "tts-3", "spk2", {"lang": "de"}),
+    ]
+    same = read_protocol(
+        "csv",
+        path,
+        path_column="audio",
+        label_column="class",
+        id_column="id",
+        speaker_column="who",
+        attack_column="system",
+        bonafide_values=["human"],
+        spoof_values=["machine"],
+        delimiter=delimiter,
+    )
     assert same == records
 
 
@@ -277,8 +344,15 @@ def test_for_folder(tmp_path: Path) -> None:
     for relative in ("real/file1.wav", "real/file2.wav", "fake/file1.wav"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         sf.write(root / relative, sine, 16_000)
-    touch(root, "real/sub/file3.MP3", "fake/file9.mp3_16k.wav_norm.flac", "real/.DS_Store", "fake/readme.txt",
-          "fake/.hidden/file5.wav", "other/file6.wav")
+    touch(
+        root,
+        "real/sub/file3.MP3",
+        "fake/file9.mp3_16k.wav_norm.flac",
+        "real/.DS_Store",
+        "fake/readme.txt",
+        "fake/.hidden/file5.wav",
+        "other/file6.wav",
+    )
     records = read_protocol("for", root)
     assert records == [
         Utterance("real/file1", "real/file1.wav", BONAFIDE),
@@ -292,13 +366,14 @@ def test_for_folder(tmp_path: Path) -> None:
 def test_for_folder_names_any_case(tmp_path: Path) -> None:
     touch(tmp_path, "Real/a.wav", "FAKE/b.wav")
     records = read_protocol("for", tmp_path)
-    assert [(r.utt_id, r.path, r.label) for r in records] == [("Real/a", "Real/a.wav", BONAFIDE),
-                                                            ("FAKE/b", "FAKE/b.wav", SPOOF)]
+    assert [(r.utt_id, r.path, r.label) for r in records] == [
+        ("Real/a", "Real/a.wav", BONAFIDE),
+        ("FAKE/b", "FAKE/b.wav", SPOOF),
+    ]
 
 
 def test_folder_layout_with_attacks(tmp_path: Path) -> None:
-    touch(tmp_path, "bonafide/s1/a.wav", "bonafide/b.flac", "spoof/A07/c.wav", "spoof/A08/deep/d.wav",
-          "spoof/e.wav")
+    touch(tmp_path, "bonafide/s1/a.wav", "bonafide/b.flac", "spoof/A07/c.wav", "spoof/A08/deep/d.wav", "spoof/e.wav")
     records = read_protocol("folder", tmp_path)
     assert records == [
         Utterance("bonafide/b", "bonafide/b.flac", BONAFIDE),
@@ -311,19 +386,36 @@ def test_folder_layout_with_attacks(tmp_path: Path) -> None:
 
 def test_folder_errors(tmp_path: Path) -> None:
     touch(tmp_path / "clash", "real/a.wav", "real/a.mp3", "fake/b.wav")
-    raises(tmp_path / "clash", "duplicate utterance id 'real/a'", "real/a.mp3", "real/a.wav",
-           call=lambda: read_protocol("for", tmp_path / "clash"))
+    raises(
+        tmp_path / "clash",
+        "duplicate utterance id 'real/a'",
+        "real/a.mp3",
+        "real/a.wav",
+        call=lambda: read_protocol("for", tmp_path / "clash"),
+    )
     touch(tmp_path / "half", "real/a.wav")
-    raises(tmp_path / "half", "expected sub-folders real/ and fake/", "missing fake/", "present: real/",
-           call=lambda: read_protocol("for", tmp_path / "half"))
+    raises(
+        tmp_path / "half",
+        "expected sub-folders real/ and fake/",
+        "missing fake/",
+        "present: real/",
+        call=lambda: read_protocol("for", tmp_path / "half"),
+    )
     (tmp_path / "empty" / "bonafide").mkdir(parents=True)
     (tmp_path / "empty" / "spoof").mkdir()
     touch(tmp_path / "empty", "spoof/notes.txt")
-    raises(tmp_path / "empty", "empty protocol", "audio files", ".wav", "bonafide/ and spoof/",
-           call=lambda: read_protocol("folder", tmp_path / "empty"))
+    raises(
+        tmp_path / "empty",
+        "empty protocol",
+        "audio files",
+        ".wav",
+        "bonafide/ and spoof/",
+        call=lambda: read_protocol("folder", tmp_path / "empty"),
+    )
     touch(tmp_path / "twice", "real/a.wav", "Real/b.wav", "fake/c.wav")
-    raises(tmp_path / "twice", "Real/ and real/ both match real/",
-           call=lambda: read_protocol("for", tmp_path / "twice"))
+    raises(
+        tmp_path / "twice", "Real/ and real/ both match real/", call=lambda: read_protocol("for", tmp_path / "twice")
+    )
     raises(tmp_path / "absent", "no such folder", call=lambda: read_protocol("folder", tmp_path / "absent"))
     file = write(tmp_path / "file.txt", ["x"])
     raises(file, "expected a folder", call=lambda: read_protocol("for", file))
@@ -343,47 +435,89 @@ def test_unknown_kind() -> None:
 
 def test_malformed_line(tmp_path: Path) -> None:
     path = write(tmp_path / "p.txt", ["LA_0079 LA_T_1 - - bonafide", "", "LA_0079 LA_T_2 - spoof"])
-    raises(path, "expected 5 columns", "as on line 1", "found 4", line=3,
-           call=lambda: read_protocol("asvspoof2019", path))
+    raises(
+        path, "expected 5 columns", "as on line 1", "found 4", line=3, call=lambda: read_protocol("asvspoof2019", path)
+    )
     first = write(tmp_path / "first.txt", ["", "LA_0079 LA_T_1 - - bonafide extra"])
-    raises(first, "expected 5 (ASVspoof 2019 LA/PA CM protocol) columns, found 6", line=2,
-           call=lambda: read_protocol("asvspoof2019", first))
+    raises(
+        first,
+        "expected 5 (ASVspoof 2019 LA/PA CM protocol) columns, found 6",
+        line=2,
+        call=lambda: read_protocol("asvspoof2019", first),
+    )
     mixed = write(tmp_path / "mixed.txt", [LA2021[0], DF2021[0]])
-    raises(mixed, "expected 8 columns (ASVspoof 2021 LA keys, as on line 1), found 13", line=2,
-           call=lambda: read_protocol("asvspoof2021", mixed))
+    raises(
+        mixed,
+        "expected 8 columns (ASVspoof 2021 LA keys, as on line 1), found 13",
+        line=2,
+        call=lambda: read_protocol("asvspoof2021", mixed),
+    )
     wide = write(tmp_path / "wide.txt", ["a b c d e f g h i j k"])
-    raises(wide, "expected 8 (ASVspoof 2021 LA keys) or 12 (ASVspoof 2021 PA keys) or 13 (ASVspoof 2021 DF keys) "
-                 "columns, found 11", line=1, call=lambda: read_protocol("asvspoof2021", wide))
+    raises(
+        wide,
+        "expected 8 (ASVspoof 2021 LA keys) or 12 (ASVspoof 2021 PA keys) or 13 (ASVspoof 2021 DF keys) "
+        "columns, found 11",
+        line=1,
+        call=lambda: read_protocol("asvspoof2021", wide),
+    )
     short = write(tmp_path / "short.tsv", ["T_4850 T_0000000000 F - A05 spoof"])
-    raises(short, "expected 10 (ASVspoof 5 protocol) columns, found 6", line=1,
-           call=lambda: read_protocol("asvspoof5", short))
+    raises(
+        short,
+        "expected 10 (ASVspoof 5 protocol) columns, found 6",
+        line=1,
+        call=lambda: read_protocol("asvspoof5", short),
+    )
     csv_path = write(tmp_path / "rows.csv", ["path,label", "a.wav,spoof", "b.wav,spoof,extra"])
-    raises(csv_path, "expected 2 columns (as in the header), found 3", line=3,
-           call=lambda: read_protocol("csv", csv_path))
+    raises(
+        csv_path, "expected 2 columns (as in the header), found 3", line=3, call=lambda: read_protocol("csv", csv_path)
+    )
 
 
 def test_unknown_label(tmp_path: Path) -> None:
     path = write(tmp_path / "p.txt", ["LA_0079 LA_T_1 - - bonafide", "LA_0079 LA_T_2 - A01 Spoof"])
-    raises(path, "unknown label 'Spoof'", "expected bona fide 'bonafide' or spoof 'spoof'", line=2,
-           call=lambda: read_protocol("asvspoof2019", path))
+    raises(
+        path,
+        "unknown label 'Spoof'",
+        "expected bona fide 'bonafide' or spoof 'spoof'",
+        line=2,
+        call=lambda: read_protocol("asvspoof2019", path),
+    )
     keys = write(tmp_path / "keys.txt", ["LA_0009 LA_E_1 alaw ita_tx A07 fake notrim eval"])
     raises(keys, "unknown label 'fake'", line=1, call=lambda: read_protocol("asvspoof2021", keys))
     itw = write(tmp_path / "meta.csv", ["file,speaker,label", "0.wav,A,spoof", "1.wav,B,bonafide"])
-    raises(itw, "unknown label 'bonafide'", "expected bona fide 'bona-fide' or spoof 'spoof'", line=3,
-           call=lambda: read_protocol("in_the_wild", itw))
+    raises(
+        itw,
+        "unknown label 'bonafide'",
+        "expected bona fide 'bona-fide' or spoof 'spoof'",
+        line=3,
+        call=lambda: read_protocol("in_the_wild", itw),
+    )
     table = write(tmp_path / "t.csv", ["path,label", "a.wav,maybe"])
-    raises(table, "unknown label 'maybe'", "'bona-fide'", "'genuine'", "'fake'", line=2,
-           call=lambda: read_protocol("csv", table))
+    raises(
+        table,
+        "unknown label 'maybe'",
+        "'bona-fide'",
+        "'genuine'",
+        "'fake'",
+        line=2,
+        call=lambda: read_protocol("csv", table),
+    )
 
 
 def test_duplicate_ids(tmp_path: Path) -> None:
-    path = write(tmp_path / "p.txt", ["LA_0079 LA_T_1 - - bonafide", "LA_0079 LA_T_2 - - bonafide", "",
-                                      "LA_0080 LA_T_1 - A02 spoof"])
-    raises(path, "duplicate utterance id 'LA_T_1'", "lines 1 and 4", line=4,
-           call=lambda: read_protocol("asvspoof2019", path))
+    path = write(
+        tmp_path / "p.txt",
+        ["LA_0079 LA_T_1 - - bonafide", "LA_0079 LA_T_2 - - bonafide", "", "LA_0080 LA_T_1 - A02 spoof"],
+    )
+    raises(
+        path,
+        "duplicate utterance id 'LA_T_1'",
+        "lines 1 and 4",
+        line=4,
+        call=lambda: read_protocol("asvspoof2019", path),
+    )
     table = write(tmp_path / "t.csv", ["path,label", "a/x.wav,spoof", "a/x.flac,spoof"])
-    raises(table, "duplicate utterance id 'a/x'", "lines 2 and 3", line=3,
-           call=lambda: read_protocol("csv", table))
+    raises(table, "duplicate utterance id 'a/x'", "lines 2 and 3", line=3, call=lambda: read_protocol("csv", table))
 
 
 def test_empty_protocol(tmp_path: Path) -> None:
@@ -404,10 +538,19 @@ def test_missing_file(tmp_path: Path, kind: str) -> None:
 
 def test_missing_csv_column(tmp_path: Path) -> None:
     path = write(tmp_path / "t.csv", ["", "file,class", "a.wav,spoof"])
-    raises(path, "no column 'path' (path_column)", "the header has 'file', 'class'", line=2,
-           call=lambda: read_protocol("csv", path))
-    raises(path, "no column 'who' (speaker_column)", line=2,
-           call=lambda: read_protocol("csv", path, path_column="file", label_column="class", speaker_column="who"))
+    raises(
+        path,
+        "no column 'path' (path_column)",
+        "the header has 'file', 'class'",
+        line=2,
+        call=lambda: read_protocol("csv", path),
+    )
+    raises(
+        path,
+        "no column 'who' (speaker_column)",
+        line=2,
+        call=lambda: read_protocol("csv", path, path_column="file", label_column="class", speaker_column="who"),
+    )
     itw = write(tmp_path / "meta.csv", ["file,label", "0.wav,spoof"])
     raises(itw, "no column 'speaker'", "'file', 'label'", line=1, call=lambda: read_protocol("in_the_wild", itw))
     twice = write(tmp_path / "twice.csv", ["path,label,path", "a.wav,spoof,b.wav"])

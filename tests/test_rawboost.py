@@ -49,8 +49,12 @@ def row_statistics(x: torch.Tensor, y: torch.Tensor, band_edges: np.ndarray) -> 
     bins = torch.fft.rfftfreq(x.shape[-1], 1 / FS, dtype=torch.float64)
     band = torch.bucketize(bins, torch.from_numpy(band_edges), right=True).sub(1).clamp(0, len(band_edges) - 2)
     one_hot = torch.nn.functional.one_hot(band, len(band_edges) - 1).float()
-    band_gain = 10 * torch.log10((torch.fft.rfft(y).abs().square() @ one_hot)
-                                 / (torch.fft.rfft(x).abs().square() @ one_hot)).double().numpy()
+    band_gain = (
+        10
+        * torch.log10((torch.fft.rfft(y).abs().square() @ one_hot) / (torch.fft.rfft(x).abs().square() @ one_hot))
+        .double()
+        .numpy()
+    )
     x, y = x.double(), y.double()
     changed = (y - x).abs() > 1e-6 * x.abs().amax(-1, keepdim=True)
     result = {
@@ -60,7 +64,8 @@ def row_statistics(x: torch.Tensor, y: torch.Tensor, band_edges: np.ndarray) -> 
         "snr_db": 10 * torch.log10(x.square().sum(-1) / (y - x).square().sum(-1)),
     }
     return {name: value.numpy() for name, value in result.items()} | {
-        name: summary(band_gain, axis=-1) for name, summary in SUMMARIES.items()}
+        name: summary(band_gain, axis=-1) for name, summary in SUMMARIES.items()
+    }
 
 
 def reference_statistics(reference: dict, algo: int) -> dict[str, np.ndarray]:
@@ -82,8 +87,10 @@ def p_values(rawboost: RawBoost, reference: dict, algo: int, seed: int) -> dict[
     inputs, as many draws per input as the reference."""
     rows = reference[f"algo{algo}_input_index"].astype(np.int64)
     generator = seeded(seed)
-    chunks = [row_statistics(x, rawboost(x, generator), reference["band_edges_hz"])  # small batches: faster
-              for x in torch.from_numpy(reference["inputs"])[rows].split(40)]
+    chunks = [
+        row_statistics(x, rawboost(x, generator), reference["band_edges_hz"])  # small batches: faster
+        for x in torch.from_numpy(reference["inputs"])[rows].split(40)
+    ]
     ours = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
     theirs = reference_statistics(reference, algo)
     length = reference["inputs"].shape[-1]
@@ -92,14 +99,15 @@ def p_values(rawboost: RawBoost, reference: dict, algo: int, seed: int) -> dict[
     theirs["changed_fraction"] = np.round(theirs["changed_fraction"].astype(np.float64) * length)
     result = {name: stats.ks_2samp(ours[name], theirs[name]).pvalue for name in theirs}
     for i in np.unique(rows):
-        result |= {f"{name}, input {i}": stats.ks_2samp(ours[name][rows == i], theirs[name][rows == i]).pvalue
-                   for name in theirs}
+        result |= {
+            f"{name}, input {i}": stats.ks_2samp(ours[name][rows == i], theirs[name][rows == i]).pvalue
+            for name in theirs
+        }
     return result
 
 
 def failures(p: dict[str, float]) -> dict[str, float]:
-    return {name: value for name, value in p.items()
-            if value < (MIN_P_PER_INPUT if "input" in name else MIN_P_POOLED)}
+    return {name: value for name, value in p.items() if value < (MIN_P_PER_INPUT if "input" in name else MIN_P_POOLED)}
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
@@ -108,10 +116,15 @@ def test_output_distributions_match_reference(reference, algo):
     assert not failed, f"algorithm {algo}: distributions differ from the reference's (KS p-values) {failed}"
 
 
-@pytest.mark.parametrize("algo, wrong", [(3, {"min_snr_db": 20, "max_snr_db": 50}),
-                                         (7, {"min_snr_db": 20, "max_snr_db": 50}),
-                                         (1, {"min_bias_db": 0, "max_bias_db": 0}),
-                                         (2, "no peak normalisation")])
+@pytest.mark.parametrize(
+    "algo, wrong",
+    [
+        (3, {"min_snr_db": 20, "max_snr_db": 50}),
+        (7, {"min_snr_db": 20, "max_snr_db": 50}),
+        (1, {"min_bias_db": 0, "max_bias_db": 0}),
+        (2, "no peak normalisation"),
+    ],
+)
 def test_distribution_test_rejects_a_wrong_random_model(reference, monkeypatch, algo, wrong):
     if wrong == "no peak normalisation":
         monkeypatch.setattr(rawboost_module, "_limit_peak_", lambda y: y)
@@ -122,12 +135,19 @@ def test_distribution_test_rejects_a_wrong_random_model(reference, monkeypatch, 
 
 # --- exact behaviour against scipy ------------------------------------------------------------
 
-@pytest.mark.parametrize("taps, low_hz, high_hz", [(11, 500, 1500), (99, 20, 8000 - 1e-3), (51, 1e-3, 300),
-                                                   (1, 1000, 2000), (3, 7000, 7999), (77, 3990, 4010)])
+
+@pytest.mark.parametrize(
+    "taps, low_hz, high_hz",
+    [(11, 500, 1500), (99, 20, 8000 - 1e-3), (51, 1e-3, 300), (1, 1000, 2000), (3, 7000, 7999), (77, 3990, 4010)],
+)
 def test_fir_design_matches_scipy_firwin(taps, low_hz, high_hz):
     nyquist = FS / 2
-    ours = bandstop_taps(torch.tensor(low_hz / nyquist, dtype=torch.float64),
-                         torch.tensor(high_hz / nyquist, dtype=torch.float64), torch.tensor(taps), taps)
+    ours = bandstop_taps(
+        torch.tensor(low_hz / nyquist, dtype=torch.float64),
+        torch.tensor(high_hz / nyquist, dtype=torch.float64),
+        torch.tensor(taps),
+        taps,
+    )
     expected = signal.firwin(taps, [low_hz, high_hz], window="hamming", fs=FS)
     np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-12)
 
@@ -145,8 +165,9 @@ def scipy_convolutive_noise(x: np.ndarray, params: dict[str, np.ndarray]) -> np.
     of firwin band-stops scaled to its peak on freqz's grid, applied with lfilter and the
     reference's output window; summed, mean removed, divided by the peak when it exceeds 1."""
     y = np.zeros_like(x)
-    for order, (centres, widths, taps, gain) in enumerate(zip(params["lnl_center_hz"], params["lnl_bandwidth_hz"],
-                                                              params["lnl_taps"], params["lnl_gain_db"]), start=1):
+    for order, (centres, widths, taps, gain) in enumerate(
+        zip(params["lnl_center_hz"], params["lnl_bandwidth_hz"], params["lnl_taps"], params["lnl_gain_db"]), start=1
+    ):
         cascade = np.ones(1)
         for centre, width, count in zip(centres, widths, taps):
             low, high = centre - width / 2, centre + width / 2
@@ -155,7 +176,7 @@ def scipy_convolutive_noise(x: np.ndarray, params: dict[str, np.ndarray]) -> np.
         _, response = signal.freqz(cascade, 1, fs=FS)
         cascade *= 10 ** (gain / 20) / np.abs(response).max()
         start = (len(cascade) + 1) // 2
-        y += signal.lfilter(cascade, 1, np.pad(x**order, (0, len(cascade) + 1)))[start: start + len(x)]
+        y += signal.lfilter(cascade, 1, np.pad(x**order, (0, len(cascade) + 1)))[start : start + len(x)]
     y -= y.mean()
     return y / max(np.abs(y).max(), 1)
 
@@ -170,6 +191,7 @@ def test_convolutive_noise_matches_scipy_recomputation():
 
 
 # --- composition: series and parallel --------------------------------------------------------
+
 
 @pytest.mark.parametrize("algo, parts", [(4, (1, 2, 3)), (5, (1, 2)), (6, (1, 3)), (7, (2, 3))])
 def test_series_algorithms_chain_their_parts(algo, parts):
@@ -263,24 +285,27 @@ def test_rows_draw_independent_parameters():
     assert len(torch.unique(out.audio, dim=0)) == 6
 
 
-@pytest.mark.parametrize("kwargs, key, allowed", [
-    ({"algo": 9}, "algo", "1-8"),
-    ({"algo": 0}, "algo", "1-8"),
-    ({"min_snr_db": 50}, "min_snr_db", "max_snr_db"),
-    ({"min_freq": 900, "max_freq": 800}, "min_freq", "max_freq"),
-    ({"min_bandwidth": 2000}, "min_bandwidth", "max_bandwidth"),
-    ({"min_taps": 200}, "min_taps", "max_taps"),
-    ({"min_gain_db": 1}, "min_gain_db", "max_gain_db"),
-    ({"min_bias_db": 30}, "min_bias_db", "max_bias_db"),
-    ({"max_freq": 9000}, "max_freq", "sample_rate / 2"),
-    ({"sample_rate": 8000}, "max_freq", "4000"),
-    ({"n_bands": 0}, "n_bands", "positive"),
-    ({"n_orders": -1}, "n_orders", "positive"),
-    ({"min_taps": 0}, "min_taps", "positive"),
-    ({"max_isd_percent": 101}, "max_isd_percent", "[0, 100]"),
-    ({"max_isd_percent": -1}, "max_isd_percent", "[0, 100]"),
-    ({"min_freq": -5}, "min_freq", ">= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key, allowed",
+    [
+        ({"algo": 9}, "algo", "1-8"),
+        ({"algo": 0}, "algo", "1-8"),
+        ({"min_snr_db": 50}, "min_snr_db", "max_snr_db"),
+        ({"min_freq": 900, "max_freq": 800}, "min_freq", "max_freq"),
+        ({"min_bandwidth": 2000}, "min_bandwidth", "max_bandwidth"),
+        ({"min_taps": 200}, "min_taps", "max_taps"),
+        ({"min_gain_db": 1}, "min_gain_db", "max_gain_db"),
+        ({"min_bias_db": 30}, "min_bias_db", "max_bias_db"),
+        ({"max_freq": 9000}, "max_freq", "sample_rate / 2"),
+        ({"sample_rate": 8000}, "max_freq", "4000"),
+        ({"n_bands": 0}, "n_bands", "positive"),
+        ({"n_orders": -1}, "n_orders", "positive"),
+        ({"min_taps": 0}, "min_taps", "positive"),
+        ({"max_isd_percent": 101}, "max_isd_percent", "[0, 100]"),
+        ({"max_isd_percent": -1}, "max_isd_percent", "[0, 100]"),
+        ({"min_freq": -5}, "min_freq", ">= 0"),
+    ],
+)
 def test_bad_configuration_names_the_key_and_the_allowed_values(kwargs, key, allowed):
     with pytest.raises(ValueError, match=key) as error:
         RawBoost(**kwargs)

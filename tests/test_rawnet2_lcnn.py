@@ -80,10 +80,13 @@ def test_parameter_counts():
     assert count(LFCCLCNN(n_fft=512, max_freq=1.0)) == 269_729
 
 
-@pytest.mark.parametrize("cls, good, bad, hint", [
-    (RawNet2, {"gru_hidden": 64, "channels": [8, 16], "sinc_filters": 8}, "gru_hiden", "gru_hidden"),
-    (LFCCLCNN, {"n_fft": 512, "max_freq": 1.0, "dropout": 0.0}, "nfft", "n_fft"),
-])
+@pytest.mark.parametrize(
+    "cls, good, bad, hint",
+    [
+        (RawNet2, {"gru_hidden": 64, "channels": [8, 16], "sinc_filters": 8}, "gru_hiden", "gru_hidden"),
+        (LFCCLCNN, {"n_fft": 512, "max_freq": 1.0, "dropout": 0.0}, "nfft", "n_fft"),
+    ],
+)
 def test_from_config(cls, good, bad, hint):
     assert isinstance(cls.from_config(good), cls)
     with pytest.raises(ValueError, match=rf"unknown key '{bad}' \(did you mean '{hint}'\?\); allowed: .*{hint}"):
@@ -131,8 +134,9 @@ def test_eval_is_deterministic_and_per_utterance(name):
     torch.testing.assert_close(alone, first[1:2], rtol=1e-4, atol=1e-5)
 
 
-def _numpy_lfcc(x: np.ndarray, *, frame_length=320, hop=160, n_fft=1024, n_filters=20, n_coefficients=20,
-                max_freq=0.5, energy=True) -> np.ndarray:
+def _numpy_lfcc(
+    x: np.ndarray, *, frame_length=320, hop=160, n_fft=1024, n_filters=20, n_coefficients=20, max_freq=0.5, energy=True
+) -> np.ndarray:
     """LFCC with deltas, framed by hand in float64: centred zero-padded frames, a periodic Hamming
     window centred in the FFT, |rfft|^2, triangles by interpolation, log10, scipy's DCT-II."""
     eps = np.finfo(np.float32).eps
@@ -140,13 +144,13 @@ def _numpy_lfcc(x: np.ndarray, *, frame_length=320, hop=160, n_fft=1024, n_filte
     padded = np.pad(x, n_fft // 2)
     window = np.zeros(n_fft)
     start = (n_fft - frame_length) // 2
-    window[start:start + frame_length] = np.hamming(frame_length + 1)[:-1]
-    frames = np.stack([padded[t * hop:t * hop + n_fft] for t in range(1 + len(x) // hop)]) * window
+    window[start : start + frame_length] = np.hamming(frame_length + 1)[:-1]
+    frames = np.stack([padded[t * hop : t * hop + n_fft] for t in range(1 + len(x) // hop)]) * window
     n_bins = int(max_freq * (n_fft // 2 + 1))
     power = np.abs(np.fft.rfft(frames, axis=1))[:, :n_bins] ** 2
     freqs = np.linspace(0, max_freq * SR / 2, n_bins)
     corners = np.linspace(0, max_freq * SR / 2, n_filters + 2)
-    bank = np.stack([np.interp(freqs, corners[j:j + 3], [0.0, 1.0, 0.0]) for j in range(n_filters)], axis=1)
+    bank = np.stack([np.interp(freqs, corners[j : j + 3], [0.0, 1.0, 0.0]) for j in range(n_filters)], axis=1)
     cepstra = scipy.fft.dct(np.log10(power @ bank + eps), type=2, norm="ortho", axis=1)[:, :n_coefficients]
     if energy:
         cepstra[:, 0] = np.log10(power.sum(axis=1) / n_fft + eps)
@@ -210,9 +214,14 @@ def test_rawnet2_loads_baseline_checkpoint_names():
 
 def test_lcnn_loads_baseline_checkpoint_names():
     source = _lcnn()
-    baseline = {"input_mean": torch.zeros(1), "input_std": torch.ones(1), "output_mean": torch.zeros(1),
-                "output_std": torch.ones(1), "m_frontend.0.lfcc_fb": torch.ones(256, 20),
-                "m_frontend.0.l_dct.weight": torch.eye(20)}
+    baseline = {
+        "input_mean": torch.zeros(1),
+        "input_std": torch.ones(1),
+        "output_mean": torch.zeros(1),
+        "output_std": torch.ones(1),
+        "m_frontend.0.lfcc_fb": torch.ones(256, 20),
+        "m_frontend.0.l_dct.weight": torch.eye(20),
+    }
     for key, value in source.state_dict().items():
         key = re.sub(r"^transform\.", "m_transform.0.", key)
         key = re.sub(r"^blstm\.(\d+)\.", r"m_before_pooling.0.\1.l_blstm.", key)
@@ -229,7 +238,7 @@ def _toy_batch(size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bona fide = noise below 1.5 kHz, spoof = noise above 2.5 kHz (both inside LFCC's 0-4 kHz), 1 s."""
     noise = np.random.default_rng(seed).standard_normal((size, SR))
     low = signal.sosfilt(signal.butter(8, 1500, "low", fs=SR, output="sos"), noise[: size // 2])
-    high = signal.sosfilt(signal.butter(8, 2500, "high", fs=SR, output="sos"), noise[size // 2:])
+    high = signal.sosfilt(signal.butter(8, 2500, "high", fs=SR, output="sos"), noise[size // 2 :])
     labels = torch.tensor([1] * (size // 2) + [0] * (size - size // 2))
     return torch.tensor(0.1 * np.concatenate([low, high]), dtype=torch.float32), labels
 

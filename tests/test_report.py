@@ -46,12 +46,21 @@ def _split(root: Path, name: str, count: int, seed: int) -> None:
 def _config(data: Path, out: Path, name: str, aligner: str, epochs: int, **top: object) -> dict:
     dataset = {"kind": "asvspoof2019", "root": str(data)}
     return {
-        "name": name, "seed": 1, "output_dir": str(out), **top,
-        "data": {"train": {**dataset, "protocol": str(data / "train.txt")},
-                 "dev": {**dataset, "protocol": str(data / "dev.txt")}, "crop_length": 4000, "workers": 0},
+        "name": name,
+        "seed": 1,
+        "output_dir": str(out),
+        **top,
+        "data": {
+            "train": {**dataset, "protocol": str(data / "train.txt")},
+            "dev": {**dataset, "protocol": str(data / "dev.txt")},
+            "crop_length": 4000,
+            "workers": 0,
+        },
         "model": {"name": "custom", "class": "models:TinyDetector"},
-        "augment": {"chain": None, "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5,
-                                                                                "gain_db": [-6.0, 6.0]}]}},
+        "augment": {
+            "chain": None,
+            "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5, "gain_db": [-6.0, 6.0]}]},
+        },
         "dualpath": {"aligner": aligner},
         "optim": {"lr": 0.01},
         "train": {"batch_size": 4, "epochs": epochs, "n_best": 1, "patience": None},
@@ -136,10 +145,13 @@ def test_a_multi_seed_row_shows_the_summary_mean_and_std(report, runs):
     assert seeded[header.index("seed(s)")] == "1, 2"
     rates = []
     for seed in (1, 2):
-        flags = [flag for flag in read_csv(runs["seeded"] / f"seed-{seed}" / "steps.csv")["conflict"] if flag is not None]
+        flags = [
+            flag for flag in read_csv(runs["seeded"] / f"seed-{seed}" / "steps.csv")["conflict"] if flag is not None
+        ]
         rates.append(sum(flags) / len(flags))
-    assert seeded[header.index("conflict rate (%)")] == (f"{100 * np.mean(rates):.2f} ± "
-                                                        f"{100 * np.std(rates, ddof=1):.2f}")
+    assert seeded[header.index("conflict rate (%)")] == (
+        f"{100 * np.mean(rates):.2f} ± {100 * np.std(rates, ddof=1):.2f}"
+    )
 
 
 def test_missing_pieces_are_reported_not_raised(runs, tmp_path):
@@ -155,8 +167,13 @@ def test_missing_pieces_are_reported_not_raised(runs, tmp_path):
     shutil.copytree(runs["seeded"] / "seed-1", seeds / "seed-1", ignore=shutil.ignore_patterns("checkpoints", "state"))
     report = write_report([runs["concat"], broken, seeds, broken], tmp_path / "out")
     text = report.read_text()
-    for phrase in ("no dev set", "no eval sets configured", "no per-path gradient statistics",
-                   "no score file scores/heldout.txt", "no summary.json"):
+    for phrase in (
+        "no dev set",
+        "no eval sets configured",
+        "no per-path gradient statistics",
+        "no score file scores/heldout.txt",
+        "no summary.json",
+    ):
         assert phrase in text, phrase
     images = _images(report)
     assert all(image.is_file() for image in images) and len(set(images)) == len(images)

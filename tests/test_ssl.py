@@ -78,9 +78,15 @@ def test_fine_tuning_defaults_disable_masking_and_layerdrop():
     config = front_end.model.config
     assert (config.mask_time_prob, config.mask_feature_prob, config.layerdrop) == (0.0, 0.0, 0.0)
     assert not hasattr(front_end.model, "masked_spec_embed")
-    masked = SSLFrontEnd.tiny(config_overrides={"mask_time_prob": 0.5, "hidden_dropout": 0.0,
-                                                "attention_dropout": 0.0, "activation_dropout": 0.0,
-                                                "feat_proj_dropout": 0.0})
+    masked = SSLFrontEnd.tiny(
+        config_overrides={
+            "mask_time_prob": 0.5,
+            "hidden_dropout": 0.0,
+            "attention_dropout": 0.0,
+            "activation_dropout": 0.0,
+            "feat_proj_dropout": 0.0,
+        }
+    )
     x = wave()
     torch.manual_seed(0)
     train_out = masked.train()(x)
@@ -124,8 +130,9 @@ def test_by_default_the_model_sees_the_raw_waveform(tmp_path):
 
 def test_no_masking_in_train_mode_even_when_the_loaded_config_masks(tmp_path):
     torch.manual_seed(0)
-    config = tiny_config("wav2vec2", mask_time_prob=0.5, mask_time_length=2, mask_feature_prob=0.5,
-                         layerdrop=0.5, **NO_DROPOUT)
+    config = tiny_config(
+        "wav2vec2", mask_time_prob=0.5, mask_time_length=2, mask_feature_prob=0.5, layerdrop=0.5, **NO_DROPOUT
+    )
     Wav2Vec2Model(config).save_pretrained(tmp_path / "masking")
     x = wave()
     bare = Wav2Vec2Model.from_pretrained(tmp_path / "masking").train()

@@ -80,7 +80,10 @@ def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(corpus, tmp_pat
     assert not (run / "final.safetensors").exists(), "the run finished before it could be killed"
     subprocess.run([sys.executable, "-m", "dpda", "train", "--resume", str(run)], env=_environment(), check=True)
 
-    final, expected = _tensors(run / "final.safetensors"), _tensors(tmp_path / "runs" / "reference" / "final.safetensors")
+    final, expected = (
+        _tensors(run / "final.safetensors"),
+        _tensors(tmp_path / "runs" / "reference" / "final.safetensors"),
+    )
     assert final.keys() == expected.keys()
     assert all(torch.equal(final[k], expected[k]) for k in final)
     resumed, uninterrupted = read_csv(run / "steps.csv"), read_csv(tmp_path / "runs" / "reference" / "steps.csv")
@@ -98,8 +101,24 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(corpus,
     double = _write_config(tmp_path / "two.yaml", {**config, "name": "two"})
     subprocess.run([sys.executable, "-m", "dpda", "train", str(single)], env=_environment(), check=True)
     completed = subprocess.run(  # noqa: PLW1510 - the return code is asserted
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "dpda", "train", str(double)], env=_environment(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "dpda",
+            "train",
+            str(double),
+        ],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     one, two = _tensors(tmp_path / "runs/one/final.safetensors"), _tensors(tmp_path / "runs/two/final.safetensors")
     for key in one:
@@ -113,8 +132,13 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(corpus,
 def test_bad_input_stops_before_anything_is_written(corpus, tmp_path):
     config = _config(corpus, tmp_path / "runs")
     typo = _write_config(tmp_path / "typo.yaml", {**config, "optim": {"lrr": 0.1}})
-    result = subprocess.run([sys.executable, "-m", "dpda", "train", str(typo)], env=_environment(),
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "dpda", "train", str(typo)],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2 and "optim.lrr" in result.stderr and "did you mean 'lr'" in result.stderr
     broken = tmp_path / "broken"
     broken.mkdir()

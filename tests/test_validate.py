@@ -48,8 +48,9 @@ def test_all_problems_are_reported_together(tmp_path):
 def test_valid_corpus_reports_durations_and_warns_on_silence(tmp_path):
     make_corpus(tmp_path)
     with pytest.warns(UserWarning, match="silent"):
-        report = validate([record("good.flac"), record("good2.wav"), record("silent.wav", 0)], tmp_path,
-                          progress=False, workers=2)
+        report = validate(
+            [record("good.flac"), record("good2.wav"), record("silent.wav", 0)], tmp_path, progress=False, workers=2
+        )
     assert report.durations == {"good": 0.5, "good2": 0.5, "silent": 0.5}
     assert report.total_seconds == 1.5
     assert report.silent == [str(tmp_path / "silent.wav")]

@@ -43,13 +43,20 @@ def write_corpus(root: Path) -> Path:
 def experiment(corpus: Path, out: Path, **train: object) -> dict:
     dataset = {"kind": "asvspoof2019", "root": str(corpus)}
     return {
-        "name": "tiny", "seed": 3, "output_dir": str(out),
-        "data": {"train": {**dataset, "protocol": str(corpus / "train.txt")},
-                 "dev": {**dataset, "protocol": str(corpus / "dev.txt")},
-                 "crop_length": 8000, "workers": 0},
+        "name": "tiny",
+        "seed": 3,
+        "output_dir": str(out),
+        "data": {
+            "train": {**dataset, "protocol": str(corpus / "train.txt")},
+            "dev": {**dataset, "protocol": str(corpus / "dev.txt")},
+            "crop_length": 8000,
+            "workers": 0,
+        },
         "model": {"name": "custom", "class": "models:TinyDetector"},
-        "augment": {"chain": None, "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5,
-                                                                                "gain_db": [-6.0, 6.0]}]}},
+        "augment": {
+            "chain": None,
+            "inline": {"sample_rate": RATE, "stages": [{"name": "gain", "p": 0.5, "gain_db": [-6.0, 6.0]}]},
+        },
         "dualpath": {"aligner": "gradvac"},
         "optim": {"lr": 0.01},
         "train": {"batch_size": 4, "epochs": 3, "n_best": 2, "patience": None, **train},
@@ -64,7 +71,9 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-
-
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+    }

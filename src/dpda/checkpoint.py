@@ -35,8 +35,20 @@ from torch import Tensor, nn
 
 from dpda.atomic import atomic_path, fsync_path
 
-__all__ = ["BestCheckpoints", "CheckpointError", "average_weights", "capture_rng", "check_architecture", "flatten",
-           "load_state", "load_weights", "restore_rng", "save_state", "save_weights", "unflatten"]
+__all__ = [
+    "BestCheckpoints",
+    "CheckpointError",
+    "average_weights",
+    "capture_rng",
+    "check_architecture",
+    "flatten",
+    "load_state",
+    "load_weights",
+    "restore_rng",
+    "save_state",
+    "save_weights",
+    "unflatten",
+]
 
 WEIGHTS_FORMAT = "dpda-checkpoint"
 STATE_FORMAT = "dpda-training-state"
@@ -87,16 +99,21 @@ def _pickled(path: Path) -> bool:
     later (the first bytes), or a pickle's usual suffix."""
     with path.open("rb") as file:
         head = file.read(4)
-    return (path.suffix.lower() in _PICKLE_SUFFIXES or head.startswith(b"PK\x03\x04")
-            or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5))
+    return (
+        path.suffix.lower() in _PICKLE_SUFFIXES
+        or head.startswith(b"PK\x03\x04")
+        or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    )
 
 
 def _document(path: Path, header: Mapping[str, str] | None, expected: str) -> dict[str, Any]:
     """The parsed ``"dpda"`` header of ``path``, checked to be of format ``expected``."""
     text = (header or {}).get("dpda")
     if text is None:
-        raise CheckpointError(f"{path}: not written by dpda (no 'dpda' metadata); to load foreign weights use "
-                              "safetensors.torch.load_file and model.load_state_dict")
+        raise CheckpointError(
+            f"{path}: not written by dpda (no 'dpda' metadata); to load foreign weights use "
+            "safetensors.torch.load_file and model.load_state_dict"
+        )
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -105,8 +122,9 @@ def _document(path: Path, header: Mapping[str, str] | None, expected: str) -> di
     if found != expected:
         raise CheckpointError(f"{path}: expected a {expected!r} file, found format {found!r}")
     if document.get("version") != VERSION:
-        raise CheckpointError(f"{path}: {expected} version {document.get('version')!r}; this dpda reads "
-                              f"version {VERSION}")
+        raise CheckpointError(
+            f"{path}: {expected} version {document.get('version')!r}; this dpda reads version {VERSION}"
+        )
     return document
 
 
@@ -154,11 +172,15 @@ def _mismatch(expected: Mapping[str, str], found: Mapping[str, str]) -> str | No
     kinds = {
         "missing keys": [k for k in expected if k not in found],
         "unexpected keys": [k for k in found if k not in expected],
-        "mismatches": [f"{k} (expected {v}, found {found[k]})" for k, v in expected.items()
-                       if k in found and found[k] != v],
+        "mismatches": [
+            f"{k} (expected {v}, found {found[k]})" for k, v in expected.items() if k in found and found[k] != v
+        ],
     }
-    parts = [f"{len(items)} {kind}: {', '.join(items[:_SHOWN])}{', ...' if len(items) > _SHOWN else ''}"
-             for kind, items in kinds.items() if items]
+    parts = [
+        f"{len(items)} {kind}: {', '.join(items[:_SHOWN])}{', ...' if len(items) > _SHOWN else ''}"
+        for kind, items in kinds.items()
+        if items
+    ]
     return "; ".join(parts) or None
 
 
@@ -166,9 +188,13 @@ def _layouts(tensors: Mapping[str, Tensor], dtype: bool) -> dict[str, str]:
     return {k: f"{str(v.dtype).removeprefix('torch.') if dtype else ''}{list(v.shape)}" for k, v in tensors.items()}
 
 
-def check_architecture(model: nn.Module, state_dict: Mapping[str, Tensor], path: Path,
-                       meta: Mapping[str, Any] | None = None,
-                       expected_model: Mapping[str, Any] | None = None) -> None:
+def check_architecture(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    path: Path,
+    meta: Mapping[str, Any] | None = None,
+    expected_model: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse a state dict whose keys or shapes differ from ``model``'s, naming ``path`` and the
     differences (``load_state_dict``'s error names neither the file nor the likely cause). When the
     checkpoint's ``meta["model"]`` config and ``expected_model`` differ, that is said first."""
@@ -177,8 +203,10 @@ def check_architecture(model: nn.Module, state_dict: Mapping[str, Tensor], path:
         return
     saved = (meta or {}).get("model")
     if saved and expected_model and dict(saved) != dict(expected_model):
-        problem = (f"the checkpoint holds model {saved.get('name')!r} ({dict(saved)}), the configuration asks "
-                   f"for {expected_model.get('name')!r} ({dict(expected_model)}); {problem}")
+        problem = (
+            f"the checkpoint holds model {saved.get('name')!r} ({dict(saved)}), the configuration asks "
+            f"for {expected_model.get('name')!r} ({dict(expected_model)}); {problem}"
+        )
     raise CheckpointError(f"{path}: does not fit the model (checkpoint of another architecture?): {problem}")
 
 
@@ -206,8 +234,7 @@ def flatten(obj: Any) -> tuple[dict[str, Tensor], Any]:
             return {"__tensor__": store(value)}
         if isinstance(value, np.ndarray) and not value.dtype.hasobject:
             raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8).copy()
-            return {"__ndarray__": store(torch.from_numpy(raw)), "dtype": value.dtype.str,
-                    "shape": list(value.shape)}
+            return {"__ndarray__": store(torch.from_numpy(raw)), "dtype": value.dtype.str, "shape": list(value.shape)}
         if isinstance(value, tuple):
             return {"__tuple__": [walk(v) for v in value]}
         if isinstance(value, list):
@@ -216,8 +243,10 @@ def flatten(obj: Any) -> tuple[dict[str, Tensor], Any]:
             if all(isinstance(k, str) for k in value) and not _MARKERS & value.keys():
                 return {k: walk(v) for k, v in value.items()}
             return {"__items__": [[walk(k), walk(v)] for k, v in value.items()]}
-        raise TypeError(f"cannot store a {type(value).__name__} without pickle (tensors, numpy arrays, dict, "
-                        "list, tuple, int, float, bool, str and None can be stored)")
+        raise TypeError(
+            f"cannot store a {type(value).__name__} without pickle (tensors, numpy arrays, dict, "
+            "list, tuple, int, float, bool, str and None can be stored)"
+        )
 
     return tensors, walk(obj)
 
@@ -354,7 +383,7 @@ class BestCheckpoints:
         half-deleted checkpoint never looks complete)."""
         ranked = sorted(entries, key=_rank)
         self._entries = ranked[: self.n]
-        for epoch, _ in ranked[self.n:]:
+        for epoch, _ in ranked[self.n :]:
             self._path(epoch).with_suffix(".json").unlink(missing_ok=True)
             self._path(epoch).unlink(missing_ok=True)
 

@@ -28,59 +28,80 @@ def build_parser() -> argparse.ArgumentParser:
     aligners = commands.add_parser("aligners", help="list the gradient aligners and their options")
     aligners.set_defaults(handler=_list_aligners)
     check = commands.add_parser(
-        "validate", help="read a protocol and check that every audio file exists and decodes",
+        "validate",
+        help="read a protocol and check that every audio file exists and decodes",
         description="Read a protocol, then check every audio file it names (in parallel); all "
-                    "problems are listed together. Exit status 1 when any file fails.")
+        "problems are listed together. Exit status 1 when any file fails.",
+    )
     check.add_argument("kind", choices=PROTOCOL_KINDS, help="protocol format")
     check.add_argument("protocol", type=Path, help="protocol file (or folder, for 'for' and 'folder')")
-    check.add_argument("--root", type=Path, help="dataset root the audio paths are relative to "
-                                                 "(default: the protocol's folder)")
-    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="a reader option, e.g. path_template=flac/{utt_id}.flac or, for csv, "
-                            "label_column=is_fake; values of *_values options are comma-separated")
+    check.add_argument(
+        "--root", type=Path, help="dataset root the audio paths are relative to (default: the protocol's folder)"
+    )
+    check.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reader option, e.g. path_template=flac/{utt_id}.flac or, for csv, "
+        "label_column=is_fake; values of *_values options are comma-separated",
+    )
     check.add_argument("--header-only", action="store_true", help="read headers only, not every sample")
     check.add_argument("--workers", type=int, default=None, help="parallel readers")
     check.set_defaults(handler=_validate)
     convert = commands.add_parser(
-        "convert-fairseq", help="convert a fairseq wav2vec 2.0 / XLS-R checkpoint to a transformers folder",
+        "convert-fairseq",
+        help="convert a fairseq wav2vec 2.0 / XLS-R checkpoint to a transformers folder",
         description="Convert a fairseq checkpoint (e.g. xlsr2_300m.pt) into a save_pretrained folder "
-                    "for the SSL front-end, without fairseq and without unpickling arbitrary objects.")
+        "for the SSL front-end, without fairseq and without unpickling arbitrary objects.",
+    )
     convert.add_argument("source", type=Path, help="the fairseq .pt file")
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
     convert.set_defaults(handler=_convert_fairseq)
     paper = commands.add_parser(
-        "convert-paper", help="convert a released paper detector (.pth state dict) to a dpda checkpoint",
+        "convert-paper",
+        help="convert a released paper detector (.pth state dict) to a dpda checkpoint",
         description="Convert a state dict of the paper code's detectors (XLSR-Conformer-TCM, XLSR-AASIST, "
-                    "XLSR-Mamba; fairseq XLS-R under ssl_model.model., with or without DataParallel's "
-                    "module. prefix) into a dpda .safetensors checkpoint for dpda score, dpda eval and "
-                    "dpda train --set model.init=DST. No other file is needed, and nothing is unpickled "
-                    "but tensors.")
+        "XLSR-Mamba; fairseq XLS-R under ssl_model.model., with or without DataParallel's "
+        "module. prefix) into a dpda .safetensors checkpoint for dpda score, dpda eval and "
+        "dpda train --set model.init=DST. No other file is needed, and nothing is unpickled "
+        "but tensors.",
+    )
     paper.add_argument("source", type=Path, help="the released .pth file")
     paper.add_argument("destination", type=Path, help="the checkpoint to write (.safetensors; must not exist)")
-    paper.add_argument("--model", required=True, metavar="NAME",
-                       help="the paper model: xlsr_conformer_tcm, xlsr_aasist or xlsr_mamba")
+    paper.add_argument(
+        "--model", required=True, metavar="NAME", help="the paper model: xlsr_conformer_tcm, xlsr_aasist or xlsr_mamba"
+    )
     paper.set_defaults(handler=_convert_paper)
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
     report = commands.add_parser(
-        "report", help="a Markdown report with plots comparing training runs",
+        "report",
+        help="a Markdown report with plots comparing training runs",
         description="Write OUT/report.md with PNG plots: path losses and dev loss, conflict rate and the "
-                    "cosine histogram, aligner weights, DET curves and score histograms per eval set, and "
-                    "a table of the runs side by side (mean +- std for multi-seed folders, the paper's "
-                    "EER where a config names a paper row).")
+        "cosine histogram, aligner weights, DET curves and score histograms per eval set, and "
+        "a table of the runs side by side (mean +- std for multi-seed folders, the paper's "
+        "EER where a config names a paper row).",
+    )
     report.add_argument("runs", nargs="+", type=Path, help="run folders or multi-seed experiment folders")
     report.add_argument("--out", type=Path, required=True, help="folder for report.md and the figures")
     report.set_defaults(handler=_report)
     demo = commands.add_parser(
-        "demo", help="the main job: DPDA with and without gradient alignment on the built-in corpus",
+        "demo",
+        help="the main job: DPDA with and without gradient alignment on the built-in corpus",
         description="Build the built-in corpus (if absent), train a detector per aligner on it, score the "
-                    "eval split (unseen attacks) and write DIR/report.md with plots and DIR/results.json. "
-                    "About 15 minutes on 2 CPU cores; --quick under 3. Re-running continues where it stopped.")
+        "eval split (unseen attacks) and write DIR/report.md with plots and DIR/results.json. "
+        "About 15 minutes on 2 CPU cores; --quick under 3. Re-running continues where it stopped.",
+    )
     demo.add_argument("--out", type=Path, required=True, help="demo folder")
     demo.add_argument("--quick", action="store_true", help="smaller corpus and budget (under 3 minutes)")
-    demo.add_argument("--aligners", nargs="+", default=["mean", "pcgrad"],
-                      help="aligners to compare (mean = DPDA without alignment; also gradvac, cagrad, ...)")
+    demo.add_argument(
+        "--aligners",
+        nargs="+",
+        default=["mean", "pcgrad"],
+        help="aligners to compare (mean = DPDA without alignment; also gradvac, cagrad, ...)",
+    )
     demo.add_argument("--model", choices=("lfcc_lcnn", "aasist_l"), default="lfcc_lcnn")
     demo.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds per aligner (mean +- std)")
     demo.add_argument("--reference-model", type=Path, help="the published AASIST.pth, scored on the eval split")
@@ -107,8 +128,14 @@ def _demo(args: argparse.Namespace) -> int:
     from dpda.train import TrainingError
 
     try:
-        run_demo(args.out, quick=args.quick, aligners=args.aligners, model=args.model, seeds=args.seeds,
-                 reference_model=args.reference_model)
+        run_demo(
+            args.out,
+            quick=args.quick,
+            aligners=args.aligners,
+            model=args.model,
+            seeds=args.seeds,
+            reference_model=args.reference_model,
+        )
     except (ConfigError, CorpusError, MissingPackagesError, TrainingError, ValueError, OSError) as error:
         print(f"dpda demo: {error}", file=sys.stderr)
         return 2
@@ -117,39 +144,57 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
-        "eval", help="score a trained detector on its eval sets (or others) and compute the metrics",
+        "eval",
+        help="score a trained detector on its eval sets (or others) and compute the metrics",
         description="Score every configured eval set with a checkpoint (or a run folder's final model): "
-                    "score files (resumable), results.json and results.md with EER, per-attack EER, "
-                    "minDCF, actDCF and Cllr. Add sets with --set \"eval.sets=[{kind: in_the_wild, "
-                    "protocol: /data/itw/meta.csv}]\".")
+        "score files (resumable), results.json and results.md with EER, per-attack EER, "
+        'minDCF, actDCF and Cllr. Add sets with --set "eval.sets=[{kind: in_the_wild, '
+        'protocol: /data/itw/meta.csv}]".',
+    )
     evaluate.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                          help="override a key of the checkpoint's config (eval.sets, eval.max_seconds, ...)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a key of the checkpoint's config (eval.sets, eval.max_seconds, ...)",
+    )
     evaluate.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /eval)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     evaluate.set_defaults(handler=_evaluate)
     score = commands.add_parser(
-        "score", help="score audio files with a trained detector: JSON lines with a calibrated decision",
+        "score",
+        help="score audio files with a trained detector: JSON lines with a calibrated decision",
         description="Score any audio soundfile reads (any rate; folders are searched): one JSON line per "
-                    "file with the raw score, the calibrated probability that it is spoofed and the "
-                    "decision at the checkpoint's dev EER threshold. Unreadable files are reported "
-                    "one by one; the exit status is 1 when any was.")
+        "file with the raw score, the calibrated probability that it is spoofed and the "
+        "decision at the checkpoint's dev EER threshold. Unreadable files are reported "
+        "one by one; the exit status is 1 when any was.",
+    )
     score.add_argument("paths", nargs="+", type=Path, help="audio files or folders")
     score.add_argument("--model", type=Path, required=True, help="run folder or .safetensors checkpoint")
     score.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     score.set_defaults(handler=_score)
     landscape = commands.add_parser(
-        "landscape", help="the loss surface around trained weights, original vs augmented inputs (Figure 3)",
+        "landscape",
+        help="the loss surface around trained weights, original vs augmented inputs (Figure 3)",
         description="Evaluate the loss on a grid around the weights along two filter-normalised random "
-                    "directions (or the two path gradients), on dev utterances and on their augmented "
-                    "versions side by side; writes landscape.png and the raw grid landscape.npz.")
+        "directions (or the two path gradients), on dev utterances and on their augmented "
+        "versions side by side; writes landscape.png and the raw grid landscape.npz.",
+    )
     landscape.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
     landscape.add_argument("--directions", choices=DIRECTIONS, default="filter")
     landscape.add_argument("--points", type=int, default=21, help="grid points per axis (odd)")
     landscape.add_argument("--span", type=float, default=1.0, help="grid half-width in direction units")
     landscape.add_argument("--utterances", type=int, default=64, help="dev utterances the loss is taken over")
-    landscape.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                           help="override a key of the checkpoint's config, e.g. data.dev=...")
+    landscape.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a key of the checkpoint's config, e.g. data.dev=...",
+    )
     landscape.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /landscape)")
     landscape.add_argument("--device", default="auto")
     landscape.add_argument("--seed", type=int, default=0)
@@ -180,8 +225,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         device = _device(args.device)
         detector = load_detector(args.source, device, args.overrides)
         if not detector.config.eval.sets:
-            raise DataError("no eval sets: the checkpoint's config has none; add them with "
-                            "--set \"eval.sets=[{kind: ..., protocol: ...}]\"")
+            raise DataError(
+                "no eval sets: the checkpoint's config has none; add them with "
+                '--set "eval.sets=[{kind: ..., protocol: ...}]"'
+            )
         out = args.out or checkpoint_path(args.source).parent / "eval"
         config = detector.config
         results = evaluate_sets(detector, read_eval_sets(config.eval.sets, config.data.validate), out, device)
@@ -209,9 +256,16 @@ def _landscape(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device)
         detector = load_detector(args.source, device, args.overrides)
-        surface = checkpoint_landscape(detector.model, detector.config, device, directions=args.directions,
-                                       points=args.points, span=args.span, utterances=args.utterances,
-                                       seed=args.seed)
+        surface = checkpoint_landscape(
+            detector.model,
+            detector.config,
+            device,
+            directions=args.directions,
+            points=args.points,
+            span=args.span,
+            utterances=args.utterances,
+            seed=args.seed,
+        )
     except (ConfigError, CheckpointError, DataError, TrainingError, ValueError, OSError) as error:
         print(f"dpda landscape: {error}", file=sys.stderr)
         return 2
@@ -247,37 +301,53 @@ def _score(args: argparse.Namespace) -> int:
 
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
-        "train", help="train a detector with dual-path training and gradient alignment",
+        "train",
+        help="train a detector with dual-path training and gradient alignment",
         description="Train from a YAML config (configs/default.yaml lists every key). The run folder "
-                    "(output_dir/name) gets the resolved config, checkpoints, the training state, logs "
-                    "and results.json. Several processes: torchrun --nproc_per_node N -m dpda train ...")
+        "(output_dir/name) gets the resolved config, checkpoints, the training state, logs "
+        "and results.json. Several processes: torchrun --nproc_per_node N -m dpda train ...",
+    )
     train.add_argument("config", nargs="?", type=Path, help="experiment YAML")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                       help="override a config key, e.g. --set optim.lr=1e-5 (value in YAML)")
-    train.add_argument("--seeds", type=int, nargs="+", help="train once per seed into output_dir/name/seed-N "
-                                                            "and summarise mean +- std")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config key, e.g. --set optim.lr=1e-5 (value in YAML)",
+    )
+    train.add_argument(
+        "--seeds", type=int, nargs="+", help="train once per seed into output_dir/name/seed-N and summarise mean +- std"
+    )
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     train.set_defaults(handler=_train)
 
 
 def _add_corpus_commands(commands: argparse._SubParsersAction) -> None:
     corpus = commands.add_parser(
-        "corpus", help="the built-in speech deepfake corpus (offline: Debian recordings vs offline TTS)",
+        "corpus",
+        help="the built-in speech deepfake corpus (offline: Debian recordings vs offline TTS)",
         description="Build the built-in corpus: real recorded speech from Debian packages against offline "
-                    "synthesisers and vocoders, with attacks in eval that training never sees.")
+        "synthesisers and vocoders, with attacks in eval that training never sees.",
+    )
     actions = corpus.add_subparsers(dest="action", title="actions", metavar="ACTION", required=True)
     build = actions.add_parser(
-        "build", help="build (or finish) the corpus in a folder",
+        "build",
+        help="build (or finish) the corpus in a folder",
         description="Build the corpus into OUT: protocols/{train,dev,eval}.txt (ASVspoof 2019 format), "
-                    "flac/, plan.json and, last, corpus.json. Deterministic for a seed; an interrupted "
-                    "build is finished by running the same command again.")
+        "flac/, plan.json and, last, corpus.json. Deterministic for a seed; an interrupted "
+        "build is finished by running the same command again.",
+    )
     build.add_argument("--out", type=Path, required=True, help="folder to build into")
-    build.add_argument("--size", choices=("tiny", "small", "default"), default="default",
-                       help="tiny: 46 utterances (tests), small: 460, default: 1,450")
+    build.add_argument(
+        "--size",
+        choices=("tiny", "small", "default"),
+        default="default",
+        help="tiny: 46 utterances (tests), small: 460, default: 1,450",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     build.add_argument("--workers", type=int, default=None, help="parallel renderers (default: all cores)")
-    build.add_argument("--no-install", action="store_true",
-                       help="never run apt-get; only say what is missing")
+    build.add_argument("--no-install", action="store_true", help="never run apt-get; only say what is missing")
     build.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     build.set_defaults(handler=_corpus_build)
     install = actions.add_parser("install", help="install the Debian packages the corpus needs (as root)")
@@ -288,8 +358,14 @@ def _corpus_build(args: argparse.Namespace) -> int:
     from dpda.corpus import CorpusError, MissingPackagesError, build_corpus
 
     try:
-        build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers,
-                     install=not args.no_install, progress=not args.quiet)
+        build_corpus(
+            args.out,
+            size=args.size,
+            seed=args.seed,
+            workers=args.workers,
+            install=not args.no_install,
+            progress=not args.quiet,
+        )
     except (CorpusError, MissingPackagesError) as error:
         print(f"dpda corpus build: {error}", file=sys.stderr)
         return 2
@@ -355,15 +431,19 @@ def _validate(args: argparse.Namespace) -> int:
     root = args.root or (args.protocol if args.protocol.is_dir() else args.protocol.parent)
     labels = Counter(r.label for r in records)
     attacks = sorted({r.attack for r in records if r.attack})
-    print(f"{args.protocol}: {len(records)} trials, {labels[1]} bona fide, {labels[0]} spoof, "
-          f"{len(attacks)} attack(s){': ' + ' '.join(attacks) if attacks else ''}")
+    print(
+        f"{args.protocol}: {len(records)} trials, {labels[1]} bona fide, {labels[0]} spoof, "
+        f"{len(attacks)} attack(s){': ' + ' '.join(attacks) if attacks else ''}"
+    )
     try:
         report = validate(records, root, decode=not args.header_only, workers=args.workers)
     except AudioValidationError as error:
         print(f"dpda validate: {error}", file=sys.stderr)
         return 1
-    print(f"all {len(records)} files decode: {report.total_seconds / 3600:.2f} h of audio, "
-          f"{len(report.silent)} all-silent")
+    print(
+        f"all {len(records)} files decode: {report.total_seconds / 3600:.2f} h of audio, "
+        f"{len(report.silent)} all-silent"
+    )
     return 0
 
 

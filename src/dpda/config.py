@@ -91,13 +91,18 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if (self.chain is None) == (self.inline is None):
-            raise ConfigError("chain", "give exactly one of augment.chain (a file) and augment.inline "
-                                       "(a mapping); set the other to null")
+            raise ConfigError(
+                "chain",
+                "give exactly one of augment.chain (a file) and augment.inline (a mapping); set the other to null",
+            )
         if self.order == "augment_then_crop" and self.where != "loader":
-            raise ConfigError("where", "augment.order 'augment_then_crop' augments whole utterances of unequal "
-                                       "lengths, which the batched on-device augmentation cannot take; set "
-                                       "augment.where: loader (the paper code's place) or augment.order: "
-                                       "crop_then_augment")
+            raise ConfigError(
+                "where",
+                "augment.order 'augment_then_crop' augments whole utterances of unequal "
+                "lengths, which the batched on-device augmentation cannot take; set "
+                "augment.where: loader (the paper code's place) or augment.order: "
+                "crop_then_augment",
+            )
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,12 @@ class DualPathConfig:
     def __post_init__(self) -> None:
         weights = self.class_weights
         _check(min(weights) >= 0 and sum(weights) > 0, "class_weights", "weights >= 0, not both 0", weights)
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "a positive float or null",
-               self.max_grad_norm)
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            "a positive float or null",
+            self.max_grad_norm,
+        )
 
 
 @dataclass(frozen=True)
@@ -195,8 +204,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
-        _check(self.max_seconds is None or self.max_seconds > 0, "max_seconds", "a positive float or null",
-               self.max_seconds)
+        _check(
+            self.max_seconds is None or self.max_seconds > 0,
+            "max_seconds",
+            "a positive float or null",
+            self.max_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -217,11 +230,14 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name, "name",
-               "a non-empty folder name", self.name)
+        _check(
+            bool(self.name) and "/" not in self.name and "\\" not in self.name,
+            "name",
+            "a non-empty folder name",
+            self.name,
+        )
         _check(self.seed >= 0, "seed", "an int >= 0", self.seed)
-        _check(isinstance(self.model.get("name"), str), "model.name", "a model registry name",
-               self.model.get("name"))
+        _check(isinstance(self.model.get("name"), str), "model.name", "a model registry name", self.model.get("name"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +267,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     return config_with_overrides(data, overrides, source=source)
 
 
-def config_with_overrides(data: Mapping[str, Any], overrides: Sequence[str] = (), *,
-                          source: str = "<config>") -> ExperimentConfig:
+def config_with_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str] = (), *, source: str = "<config>"
+) -> ExperimentConfig:
     """``config_from_dict`` of ``data`` after ``overrides`` (as for ``load_config``); errors name
     the override a bad value came from."""
     data = copy.deepcopy(dict(data))
@@ -379,7 +396,9 @@ def _known_key(name: Any, cls: type, key: str, source: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     if name not in valid:
         section = key.rpartition(".")[0] or "the top level"
-        raise ConfigError(key, f"unknown key{did_you_mean(name, valid)}; valid keys of {section}: {', '.join(valid)}", source)
+        raise ConfigError(
+            key, f"unknown key{did_you_mean(name, valid)}; valid keys of {section}: {', '.join(valid)}", source
+        )
 
 
 def _strip_none(tp: Any) -> Any:

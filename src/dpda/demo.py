@@ -56,25 +56,34 @@ def experiment(corpus: Path, runs: Path, model: str, aligner: str, budget: Budge
     head crops, early stopping on dev loss, n-best averaging) at a CPU budget."""
     dataset = {"kind": "builtin"}
     return {
-        "name": f"{model}_{aligner}", "output_dir": str(runs),
-        "data": {"train": {**dataset, "protocol": str(corpus / "protocols/train.txt")},
-                 "dev": {**dataset, "protocol": str(corpus / "protocols/dev.txt")},
-                 "crop_length": budget.crop_length, "workers": 0},
+        "name": f"{model}_{aligner}",
+        "output_dir": str(runs),
+        "data": {
+            "train": {**dataset, "protocol": str(corpus / "protocols/train.txt")},
+            "dev": {**dataset, "protocol": str(corpus / "protocols/dev.txt")},
+            "crop_length": budget.crop_length,
+            "workers": 0,
+        },
         "model": {"name": model},
-        "augment": {"chain": None, "inline": {"sample_rate": 16000, "stages": [{"name": "rawboost", "p": 1.0,
-                                                                                 "algo": 4}]}},
+        "augment": {
+            "chain": None,
+            "inline": {"sample_rate": 16000, "stages": [{"name": "rawboost", "p": 1.0, "algo": 4}]},
+        },
         "dualpath": {"mode": "joint", "aligner": aligner, "class_weights": [0.45, 0.55]},
         "optim": {"name": "adam", "lr": budget.lr, "weight_decay": 1e-4},
-        "train": {"batch_size": budget.batch_size, "epochs": budget.epochs, "patience": budget.patience,
-                  "n_best": 2},
+        "train": {"batch_size": budget.batch_size, "epochs": budget.epochs, "patience": budget.patience, "n_best": 2},
         "logging": {"progress": progress},
-        "eval": {"sets": [{**dataset, "protocol": str(corpus / "protocols/eval.txt"), "name": EVAL_SET}],
-                 "batch_size": 32, "max_seconds": budget.crop_length / 16000},
+        "eval": {
+            "sets": [{**dataset, "protocol": str(corpus / "protocols/eval.txt"), "name": EVAL_SET}],
+            "batch_size": 32,
+            "max_seconds": budget.crop_length / 16000,
+        },
     }
 
 
-def score_reference(path: Path, corpus: Path, scores_path: Path, device: torch.device,
-                    progress: bool = True) -> dict[str, Any]:
+def score_reference(
+    path: Path, corpus: Path, scores_path: Path, device: torch.device, progress: bool = True
+) -> dict[str, Any]:
     """The published AASIST (trained on ASVspoof 2019 LA) on the eval split: an out-of-domain
     reference point, scored on 64,600-sample head crops as its authors do (about 1 s per
     utterance on 2 CPU cores: 8 minutes for the default eval split)."""
@@ -86,14 +95,30 @@ def score_reference(path: Path, corpus: Path, scores_path: Path, device: torch.d
     model = AASIST(**AASIST_CONFIG)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     records = read_protocol("asvspoof2019", corpus / "protocols/eval.txt")
-    scores = score_protocol(model.to(device).eval(), records, corpus, scores_path, device=device, length=64600,
-                            batch_size=16, progress=progress)
+    scores = score_protocol(
+        model.to(device).eval(),
+        records,
+        corpus,
+        scores_path,
+        device=device,
+        length=64600,
+        batch_size=16,
+        progress=progress,
+    )
     return {"checkpoint": str(path), **set_metrics(scores, records)}
 
 
-def run_demo(out: str | Path, *, quick: bool = False, aligners: Sequence[str] = ("mean", "pcgrad"),
-             model: str = "lfcc_lcnn", seeds: Sequence[int] = (1,), reference_model: str | Path | None = None,
-             budget: Budget | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    aligners: Sequence[str] = ("mean", "pcgrad"),
+    model: str = "lfcc_lcnn",
+    seeds: Sequence[int] = (1,),
+    reference_model: str | Path | None = None,
+    budget: Budget | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the demo into ``out``; returns what ``results.json`` holds. Re-running continues:
     the corpus and finished runs are reused."""
     if model not in MODELS:
@@ -104,11 +129,19 @@ def run_demo(out: str | Path, *, quick: bool = False, aligners: Sequence[str] = 
     corpus = out / "corpus"
     manifest = build_corpus(corpus, size=budget.corpus_size, seed=0, progress=progress)
     runs = out / "runs"
-    results: dict[str, Any] = {"budget": asdict(budget), "model": model, "seeds": list(seeds),
-                               "corpus": {"folder": str(corpus), "size": manifest["size"],
-                                          "splits": manifest["splits"],
-                                          "shortcut_check": manifest["shortcut_check"]},
-                               "runs": [], "paper_claims": {key: claim.text for key, claim in PAPER_CLAIMS.items()}}
+    results: dict[str, Any] = {
+        "budget": asdict(budget),
+        "model": model,
+        "seeds": list(seeds),
+        "corpus": {
+            "folder": str(corpus),
+            "size": manifest["size"],
+            "splits": manifest["splits"],
+            "shortcut_check": manifest["shortcut_check"],
+        },
+        "runs": [],
+        "paper_claims": {key: claim.text for key, claim in PAPER_CLAIMS.items()},
+    }
     folders = []
     for aligner in aligners:
         config = config_from_dict(experiment(corpus, runs, model, aligner, budget, progress))
@@ -117,15 +150,24 @@ def run_demo(out: str | Path, *, quick: bool = False, aligners: Sequence[str] = 
         folders.append(folder)
         for seed in seeds:
             run = json.loads((folder / f"seed-{seed}" / "results.json").read_text())
-            results["runs"].append({
-                "aligner": aligner, "seed": seed, "eer": run["eval"][EVAL_SET]["eer"],
-                "dev_eer": run["dev"]["dev_eer"], "conflict_rate": run["conflict_rate"],
-                "best_epoch": run["best_epoch"], "epochs": run["epochs"], "wall_seconds": run["train_seconds"]})
+            results["runs"].append(
+                {
+                    "aligner": aligner,
+                    "seed": seed,
+                    "eer": run["eval"][EVAL_SET]["eer"],
+                    "dev_eer": run["dev"]["dev_eer"],
+                    "conflict_rate": run["conflict_rate"],
+                    "best_epoch": run["best_epoch"],
+                    "epochs": run["epochs"],
+                    "wall_seconds": run["train_seconds"],
+                }
+            )
     results["aligners"] = _by_aligner(results["runs"])
     if reference_model is not None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        results["reference_model"] = score_reference(Path(reference_model), corpus,
-                                                     out / "reference_aasist_scores.txt", device, progress)
+        results["reference_model"] = score_reference(
+            Path(reference_model), corpus, out / "reference_aasist_scores.txt", device, progress
+        )
     report = write_report(folders, out)
     report.write_text(_demo_section(results, manifest) + "\n" + report.read_text())
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -152,31 +194,63 @@ def _demo_section(results: dict[str, Any], manifest: dict[str, Any]) -> str:
     """What the demo measured, next to what the paper claims, without reading more into it."""
     seeds = len(results["seeds"])
     spread = (lambda e: f" ± {e['std']:.2%}") if seeds > 1 else (lambda e: "")
-    lines = ["# dpda demo: DPDA with and without gradient alignment on the built-in corpus", "",
-             summary(manifest).replace("\n", "  \n"), "",
-             f"Model {results['model']}, {seeds} seed(s) per aligner; budget {results['budget']}.", ""]
+    lines = [
+        "# dpda demo: DPDA with and without gradient alignment on the built-in corpus",
+        "",
+        summary(manifest).replace("\n", "  \n"),
+        "",
+        f"Model {results['model']}, {seeds} seed(s) per aligner; budget {results['budget']}.",
+        "",
+    ]
     rows = []
     for aligner, entry in results["aligners"].items():
         conflict = entry["conflict_rate"]["mean"]
-        rows.append([aligner, f"{entry['eer']['mean']:.2%}{spread(entry['eer'])}",
-                     f"{entry['dev_eer']['mean']:.2%}{spread(entry['dev_eer'])}",
-                     "n/a" if math.isnan(conflict) else f"{conflict:.1%}",
-                     f"{entry['best_epoch']['mean']:.1f}", f"{entry['wall_seconds']['mean']:.0f} s"])
-    lines += table(["aligner", "eval EER (unseen attacks)", "dev EER", "conflicting steps", "best dev-loss epoch",
-                    "training time"], rows)
+        rows.append(
+            [
+                aligner,
+                f"{entry['eer']['mean']:.2%}{spread(entry['eer'])}",
+                f"{entry['dev_eer']['mean']:.2%}{spread(entry['dev_eer'])}",
+                "n/a" if math.isnan(conflict) else f"{conflict:.1%}",
+                f"{entry['best_epoch']['mean']:.1f}",
+                f"{entry['wall_seconds']['mean']:.0f} s",
+            ]
+        )
+    lines += table(
+        [
+            "aligner",
+            "eval EER (unseen attacks)",
+            "dev EER",
+            "conflicting steps",
+            "best dev-loss epoch",
+            "training time",
+        ],
+        rows,
+    )
     if "reference_model" in results:
         reference = results["reference_model"]
-        lines += ["", (f"Published AASIST (trained on ASVspoof 2019 LA, out of domain here): eval EER "
-                      f"{reference.get('eer', math.nan):.2%} on the same split.")]
-    lines += ["", "## What this shows and what it does not", "",
-              ("- The conflict rate is measured, not assumed: the share of optimizer steps whose two path "
-               "gradients had a negative cosine (`mean` trains without alignment but still measures it). "
-               f"The paper reports {PAPER_CLAIMS['conflict_rate'].text}."),
-              ("- EERs and convergence epochs come from one corpus, one model and "
-              f"{seeds} seed(s) per aligner at a CPU budget; differences between aligners of a few "
-              "points are within what another seed can change. The paper's claims (faster convergence, "
-              "lower EER) are about XLS-R detectors trained for many epochs on ASVspoof 2019 LA; this demo "
-              "does not test them at that scale, it shows the method end to end on data anyone can build."),
-              ""]
+        lines += [
+            "",
+            (
+                f"Published AASIST (trained on ASVspoof 2019 LA, out of domain here): eval EER "
+                f"{reference.get('eer', math.nan):.2%} on the same split."
+            ),
+        ]
+    lines += [
+        "",
+        "## What this shows and what it does not",
+        "",
+        (
+            "- The conflict rate is measured, not assumed: the share of optimizer steps whose two path "
+            "gradients had a negative cosine (`mean` trains without alignment but still measures it). "
+            f"The paper reports {PAPER_CLAIMS['conflict_rate'].text}."
+        ),
+        (
+            "- EERs and convergence epochs come from one corpus, one model and "
+            f"{seeds} seed(s) per aligner at a CPU budget; differences between aligners of a few "
+            "points are within what another seed can change. The paper's claims (faster convergence, "
+            "lower EER) are about XLS-R detectors trained for many epochs on ASVspoof 2019 LA; this demo "
+            "does not test them at that scale, it shows the method end to end on data anyone can build."
+        ),
+        "",
+    ]
     return "\n".join(lines)
-

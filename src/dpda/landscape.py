@@ -50,8 +50,15 @@ from dpda.atomic import atomic_path
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 from dpda.names import DIRECTIONS
 
-__all__ = ["DIRECTIONS", "Landscape", "filter_normalized_directions", "gradient_directions", "loss_landscape",
-           "plot_landscape", "surface_sharpness"]
+__all__ = [
+    "DIRECTIONS",
+    "Landscape",
+    "filter_normalized_directions",
+    "gradient_directions",
+    "loss_landscape",
+    "plot_landscape",
+    "surface_sharpness",
+]
 
 #: The kinds of direction pairs ``loss_landscape`` can span.
 _AXIS_NAMES = {
@@ -106,17 +113,29 @@ class Landscape:
         """Write an ``.npz`` file (no pickle) atomically: a temporary file beside it, then a rename."""
         with atomic_path(path, fsync=False) as temporary, temporary.open("wb") as handle:
             # a file object: np.savez appends no ".npz"
-            np.savez(handle, alphas=self.alphas, betas=self.betas, loss_original=self.loss_original,
-                     loss_augmented=self.loss_augmented, directions=np.array(self.directions),
-                     span=np.array(self.span), cosine=np.array(self.cosine))
+            np.savez(
+                handle,
+                alphas=self.alphas,
+                betas=self.betas,
+                loss_original=self.loss_original,
+                loss_augmented=self.loss_augmented,
+                directions=np.array(self.directions),
+                span=np.array(self.span),
+                cosine=np.array(self.cosine),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Landscape:
         with np.load(path, allow_pickle=False) as data:
-            return cls(alphas=data["alphas"], betas=data["betas"], loss_original=data["loss_original"],
-                       loss_augmented=data["loss_augmented"], directions=str(data["directions"]),
-                       span=float(data["span"]),
-                       cosine=float(data["cosine"]) if "cosine" in data.files else math.nan)
+            return cls(
+                alphas=data["alphas"],
+                betas=data["betas"],
+                loss_original=data["loss_original"],
+                loss_augmented=data["loss_augmented"],
+                directions=str(data["directions"]),
+                span=float(data["span"]),
+                cosine=float(data["cosine"]) if "cosine" in data.files else math.nan,
+            )
 
 
 # -- directions -------------------------------------------------------------------------------------
@@ -154,8 +173,15 @@ def filter_normalized_directions(model: nn.Module, seed: int = 0) -> tuple[Direc
     return pair[0], pair[1]
 
 
-def gradient_directions(model: nn.Module, original: Tensor, augmented: Tensor, labels: Tensor, *,
-                        loss: PathLoss | None = None, batch_size: int = 16) -> tuple[Directions, Directions]:
+def gradient_directions(
+    model: nn.Module,
+    original: Tensor,
+    augmented: Tensor,
+    labels: Tensor,
+    *,
+    loss: PathLoss | None = None,
+    batch_size: int = 16,
+) -> tuple[Directions, Directions]:
     """The gradients of the original-path and the augmented-path loss at the current weights, in
     eval mode, each rescaled to the norm of the trainable parameters (see the module docstring).
 
@@ -184,14 +210,16 @@ def gradient_directions(model: nn.Module, original: Tensor, augmented: Tensor, l
     return pair[0], pair[1]
 
 
-def _path_gradient(model: nn.Module, params: list[nn.Parameter], inputs: Tensor, labels: Tensor,
-                   loss: PathLoss, batch_size: int) -> list[Tensor]:
+def _path_gradient(
+    model: nn.Module, params: list[nn.Parameter], inputs: Tensor, labels: Tensor, loss: PathLoss, batch_size: int
+) -> list[Tensor]:
     grads = [torch.zeros_like(p) for p in params]
     denominator = 0.0
     with torch.enable_grad():
         for start in range(0, len(labels), batch_size):
-            numerator, den = loss(logits_of(model(inputs[start:start + batch_size])),
-                                  labels[start:start + batch_size])
+            numerator, den = loss(
+                logits_of(model(inputs[start : start + batch_size])), labels[start : start + batch_size]
+            )
             denominator += float(den)
             if not numerator.requires_grad:
                 continue
@@ -217,10 +245,20 @@ def _cosine(d1: Directions, d2: Directions) -> float:
 
 
 # -- the surface ------------------------------------------------------------------------------------
-def loss_landscape(model: nn.Module, original: Tensor, augmented: Tensor, labels: Tensor, *,
-                   directions: str = "filter", span: float = 1.0, points: int = 21, loss: PathLoss | None = None,
-                   seed: int = 0, batch_size: int = 16,
-                   progress: Callable[[int, int], None] | None = None) -> Landscape:
+def loss_landscape(
+    model: nn.Module,
+    original: Tensor,
+    augmented: Tensor,
+    labels: Tensor,
+    *,
+    directions: str = "filter",
+    span: float = 1.0,
+    points: int = 21,
+    loss: PathLoss | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> Landscape:
     """The two paths' loss on a ``points x points`` grid around the model's weights.
 
     ``original`` and ``augmented`` are input batches (e.g. ``(N, T)`` audio) with one label each
@@ -274,15 +312,22 @@ def loss_landscape(model: nn.Module, original: Tensor, augmented: Tensor, labels
             for (_, p), theta in zip(named, saved):
                 p.copy_(theta)
         _restore_flags(flags)
-    return Landscape(alphas=grid, betas=grid.copy(), loss_original=surfaces[0], loss_augmented=surfaces[1],
-                     directions=directions, span=float(span), cosine=cosine)
+    return Landscape(
+        alphas=grid,
+        betas=grid.copy(),
+        loss_original=surfaces[0],
+        loss_augmented=surfaces[1],
+        directions=directions,
+        span=float(span),
+        cosine=cosine,
+    )
 
 
 def _path_loss(model: nn.Module, inputs: Tensor, labels: Tensor, loss: PathLoss, batch_size: int) -> float:
     numerator = torch.zeros((), dtype=torch.float64, device=labels.device)
     denominator = torch.zeros((), dtype=torch.float64, device=labels.device)
     for start in range(0, len(labels), batch_size):
-        num, den = loss(logits_of(model(inputs[start:start + batch_size])), labels[start:start + batch_size])
+        num, den = loss(logits_of(model(inputs[start : start + batch_size])), labels[start : start + batch_size])
         numerator += num.detach().double()
         denominator += torch.as_tensor(den).detach().double().to(labels.device)
     num_value, den_value = float(numerator), float(denominator)
@@ -291,16 +336,18 @@ def _path_loss(model: nn.Module, inputs: Tensor, labels: Tensor, loss: PathLoss,
     return num_value / den_value
 
 
-def _check_inputs(original: Tensor, augmented: Tensor, labels: Tensor, batch_size: int
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+def _check_inputs(
+    original: Tensor, augmented: Tensor, labels: Tensor, batch_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if labels.dim() != 1 or len(labels) == 0:
         raise ValueError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
     for name, inputs in (("original", original), ("augmented", augmented)):
         if inputs.dim() == 0 or inputs.shape[0] != len(labels):
-            raise ValueError(f"{name} inputs must have {len(labels)} rows to match labels, "
-                             f"got shape {tuple(inputs.shape)}")
+            raise ValueError(
+                f"{name} inputs must have {len(labels)} rows to match labels, got shape {tuple(inputs.shape)}"
+            )
     return original, augmented, labels.long()
 
 
@@ -374,10 +421,18 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
             # Rows of the array are alphas (x), so matplotlib's (y, x) layout needs the transpose.
             z = np.ma.masked_invalid(surface.T)
             if levels is not None:
-                filled = ax.contourf(landscape.alphas, landscape.betas, z, levels=levels,
-                                     norm=LogNorm(levels[0], levels[-1]), cmap="viridis", extend="both")
-                ax.contour(landscape.alphas, landscape.betas, z, levels=levels[::3], colors="k",
-                           linewidths=0.4, alpha=0.5)
+                filled = ax.contourf(
+                    landscape.alphas,
+                    landscape.betas,
+                    z,
+                    levels=levels,
+                    norm=LogNorm(levels[0], levels[-1]),
+                    cmap="viridis",
+                    extend="both",
+                )
+                ax.contour(
+                    landscape.alphas, landscape.betas, z, levels=levels[::3], colors="k", linewidths=0.4, alpha=0.5
+                )
             else:
                 ax.text(0.5, 0.5, "no finite positive loss", ha="center", va="center", transform=ax.transAxes)
             i, j = landscape.centre
@@ -388,8 +443,9 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
             ax.locator_params(nbins=5)
         axes[0].set_ylabel(f"β · {y_label}")
         if filled is not None:
-            colorbar = figure.colorbar(filled, ax=list(axes), label="loss (log-spaced levels)",
-                                       ticks=levels[::4], format="%.3g")
+            colorbar = figure.colorbar(
+                filled, ax=list(axes), label="loss (log-spaced levels)", ticks=levels[::4], format="%.3g"
+            )
             colorbar.minorticks_off()
         if title:
             figure.suptitle(title)
@@ -399,8 +455,17 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
         figure.clear()
 
 
-def checkpoint_landscape(model: nn.Module, config: ExperimentConfig, device: torch.device, *, directions: str = "filter",
-                         points: int = 21, span: float = 1.0, utterances: int = 64, seed: int = 0) -> Landscape:
+def checkpoint_landscape(
+    model: nn.Module,
+    config: ExperimentConfig,
+    device: torch.device,
+    *,
+    directions: str = "filter",
+    points: int = 21,
+    span: float = 1.0,
+    utterances: int = 64,
+    seed: int = 0,
+) -> Landscape:
     """``loss_landscape`` of a trained detector on ``utterances`` dev utterances of its config
     (drawn with ``seed``, cropped as in training) and their augmented versions, with a progress bar."""
     from tqdm import tqdm
@@ -414,12 +479,25 @@ def checkpoint_landscape(model: nn.Module, config: ExperimentConfig, device: tor
         raise DataError("the config has no dev set; give one with --set data.dev={kind: ..., protocol: ...}")
     records = read_dataset(config.data.dev, "dev", config.data.validate, progress=False)
     chosen = sorted(torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:utterances].tolist())
-    dataset = AudioDataset([records[i] for i in chosen], dataset_root(config.data.dev),
-                           length=config.data.crop_length, sample_rate=config.data.sample_rate)
+    dataset = AudioDataset(
+        [records[i] for i in chosen],
+        dataset_root(config.data.dev),
+        length=config.data.crop_length,
+        sample_rate=config.data.sample_rate,
+    )
     original, labels, _ = collate([dataset[i] for i in range(len(dataset))])
     original = original.to(device)
     augmented = make_chain(config).to(device).augment(original, torch.Generator(device).manual_seed(seed)).audio
     with tqdm(total=points**2, desc="loss landscape", unit="point") as bar:
-        return loss_landscape(model, original, augmented, labels.to(device), directions=directions, span=span,
-                              points=points, seed=seed, batch_size=config.eval.batch_size,
-                              progress=lambda done, total: bar.update(1))
+        return loss_landscape(
+            model,
+            original,
+            augmented,
+            labels.to(device),
+            directions=directions,
+            span=span,
+            points=points,
+            seed=seed,
+            batch_size=config.eval.batch_size,
+            progress=lambda done, total: bar.update(1),
+        )

@@ -45,18 +45,18 @@ _SEED_FOLDER = re.compile(r"seed-\d+")
 
 _CAPTIONS = {  # what each figure shows, said once in the report
     "loss": "Left: the loss of the original and of the augmented path at every logged step (faint) and "
-            "its moving average (solid). Right: the mean training losses of each epoch and the dev loss "
-            "after it; the dotted line marks the best epoch (lowest dev loss, or train loss without dev).",
+    "its moving average (solid). Right: the mean training losses of each epoch and the dev loss "
+    "after it; the dotted line marks the best epoch (lowest dev loss, or train loss without dev).",
     "conflict": "Left: the share of steps of each epoch whose two path gradients conflict (negative inner "
-                "product), with the paper's ~25 % (RawBoost) as a dashed line. Right: the cosine between "
-                "the two path gradients over all logged steps; mass left of 0 is conflict.",
+    "product), with the paper's ~25 % (RawBoost) as a dashed line. Right: the cosine between "
+    "the two path gradients over all logged steps; mass left of 0 is conflict.",
     "weights": "The weights the aligner gave the original and the augmented path gradient at each step "
-               "(their mean over groups); `mean` keeps both at 0.5.",
+    "(their mean over groups); `mean` keeps both at 0.5.",
     "scores": "Score distributions of bona fide and spoofed trials per eval set (densities, so sets of "
-              "different sizes compare); the dashed line is the EER threshold. Overlap means errors.",
+    "different sizes compare); the dashed line is the EER threshold. Overlap means errors.",
     "det": "DET curve: miss rate (bona fide rejected) against false-alarm rate (spoof accepted) at every "
-           "threshold, on normal-deviate axes; lower-left is better, and the curve crosses the dashed "
-           "diagonal at the EER (recomputed from the score file).",
+    "threshold, on normal-deviate axes; lower-left is better, and the curve crosses the dashed "
+    "diagonal at the EER (recomputed from the score file).",
 }
 
 
@@ -118,10 +118,23 @@ def write_report(runs: Sequence[Path], out: Path) -> Path:
         run.slug = slug
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Training report: {len(entries)} folder(s), {len(every)} training run(s)", "",
-             *(f"- `{entry.path}`" for entry in entries), "", *_table(entries), "", *_claims(entries),
-             "", *_det_section(every, out), "", "## Runs", "", "How to read the figures of each run:",
-             *(f"- {kind}: {_CAPTIONS[kind]}" for kind in ("loss", "conflict", "weights", "scores")), ""]
+    lines = [
+        f"# Training report: {len(entries)} folder(s), {len(every)} training run(s)",
+        "",
+        *(f"- `{entry.path}`" for entry in entries),
+        "",
+        *_table(entries),
+        "",
+        *_claims(entries),
+        "",
+        *_det_section(every, out),
+        "",
+        "## Runs",
+        "",
+        "How to read the figures of each run:",
+        *(f"- {kind}: {_CAPTIONS[kind]}" for kind in ("loss", "conflict", "weights", "scores")),
+        "",
+    ]
     for entry in entries:
         lines += [f"- {entry.label}: {note}" for note in entry.notes]
         for run in entry.runs:
@@ -139,34 +152,50 @@ def _load_entry(path: Path) -> Entry:
     if (path / "config.yaml").is_file():
         run = _load_run(path)
         return Entry(path, run.config.name, [run])
-    seeds = sorted((child for child in path.glob("seed-*") if _SEED_FOLDER.fullmatch(child.name)
-                    and (child / "config.yaml").is_file()), key=lambda child: int(child.name[5:]))
+    seeds = sorted(
+        (
+            child
+            for child in path.glob("seed-*")
+            if _SEED_FOLDER.fullmatch(child.name) and (child / "config.yaml").is_file()
+        ),
+        key=lambda child: int(child.name[5:]),
+    )
     if not seeds:
-        raise ValueError(f"{path}: not a run folder (no config.yaml) nor a multi-seed experiment "
-                         "(no seed-N/ folders with a config.yaml)")
+        raise ValueError(
+            f"{path}: not a run folder (no config.yaml) nor a multi-seed experiment "
+            "(no seed-N/ folders with a config.yaml)"
+        )
     runs = [_load_run(seed) for seed in seeds]
     entry = Entry(path, runs[0].config.name, runs)
     if (path / "summary.json").is_file():
         entry.summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
     else:
-        entry.notes.append("no summary.json (seeds still training?): mean ± std computed from the "
-                           "finished seeds' results.json")
+        entry.notes.append(
+            "no summary.json (seeds still training?): mean ± std computed from the finished seeds' results.json"
+        )
     return entry
 
 
 def _load_run(path: Path) -> Run:
     config = load_config(path / "config.yaml")
     results = path / "results.json"
-    run = Run(path, config, json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {},
-              _csv(path / STEPS_CSV), _csv(path / EPOCHS_CSV))
+    run = Run(
+        path,
+        config,
+        json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {},
+        _csv(path / STEPS_CSV),
+        _csv(path / EPOCHS_CSV),
+    )
     for name, value in (("results.json", run.results), (STEPS_CSV, run.steps), (EPOCHS_CSV, run.epochs)):
         if not value:
             run.missing.append(f"no {name} in the run folder")
     if config.data.dev is None:
         run.missing.append("no dev set: no dev loss or dev EER, the best epoch is by train loss")
     if config.dualpath.mode == "concat" or (run.steps and not _finite(run.steps.get("cosine", []))):
-        run.missing.append(f"no per-path gradient statistics (dualpath.mode {config.dualpath.mode}): "
-                           "no conflict rate, cosine or aligner weights")
+        run.missing.append(
+            f"no per-path gradient statistics (dualpath.mode {config.dualpath.mode}): "
+            "no conflict rate, cosine or aligner weights"
+        )
     if not config.eval.sets:
         run.missing.append("no eval sets configured: no DET curves or score histograms")
     for dataset in config.eval.sets:
@@ -186,8 +215,12 @@ def _load_scores(run: Run, dataset: DataSet) -> None:
         run.missing.append(f"eval set {name}: no score file scores/{name}.txt")
         return
     try:
-        labels = {record.utt_id: record.label for record in read_dataset(
-            dataset, f"eval set {name!r}", check="off", need_both_classes=False, progress=False)}
+        labels = {
+            record.utt_id: record.label
+            for record in read_dataset(
+                dataset, f"eval set {name!r}", check="off", need_both_classes=False, progress=False
+            )
+        }
     except DataError as error:
         run.missing.append(f"eval set {name}: labels unavailable ({error})")
         return
@@ -214,29 +247,56 @@ def _load_scores(run: Run, dataset: DataSet) -> None:
 
 
 def _table(entries: Sequence[Entry]) -> list[str]:
-    sets = list(dict.fromkeys(name for entry in entries for run in entry.runs
-                              for name in [*map(dataset_name, run.config.eval.sets), *run.results.get("eval", {})]))
-    header = ["run", "aligner", "seed(s)", "epochs", "best epoch", "dev EER (%)",
-              *(f"{name} EER (%)" for name in sets), "conflict rate (%)", "skipped steps", "paper EER (%)"]
+    sets = list(
+        dict.fromkeys(
+            name
+            for entry in entries
+            for run in entry.runs
+            for name in [*map(dataset_name, run.config.eval.sets), *run.results.get("eval", {})]
+        )
+    )
+    header = [
+        "run",
+        "aligner",
+        "seed(s)",
+        "epochs",
+        "best epoch",
+        "dev EER (%)",
+        *(f"{name} EER (%)" for name in sets),
+        "conflict rate (%)",
+        "skipped steps",
+        "paper EER (%)",
+    ]
     rows = []
     for entry in entries:
         stats = _entry_stats(entry)
         config = entry.runs[0].config
         paper = PAPER_RESULTS.get(config.paper_row or "")
-        cells = [entry.label, _aligner(config),
-                 ", ".join(str(run.config.seed) for run in entry.runs), _cell(stats, "epochs"),
-                 _cell(stats, "best_epoch"), _cell(stats, "dev_dev_eer", percent=True),
-                 *(_cell(stats, f"eval/{name}/eer", percent=True) for name in sets),
-                 _cell(stats, "conflict_rate", percent=True), _cell(stats, "skipped_steps"),
-                 " / ".join(f"{name} {value:.2f}" for name, value in paper.items()) if paper else "–"]
+        cells = [
+            entry.label,
+            _aligner(config),
+            ", ".join(str(run.config.seed) for run in entry.runs),
+            _cell(stats, "epochs"),
+            _cell(stats, "best_epoch"),
+            _cell(stats, "dev_dev_eer", percent=True),
+            *(_cell(stats, f"eval/{name}/eer", percent=True) for name in sets),
+            _cell(stats, "conflict_rate", percent=True),
+            _cell(stats, "skipped_steps"),
+            " / ".join(f"{name} {value:.2f}" for name, value in paper.items()) if paper else "–",
+        ]
         rows.append(cells)
     lines = ["## Comparison", "", *table(header, rows)]
-    lines += ["", ("EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
-              "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
-              "The conflict rate is conflicting steps over logged steps with a defined conflict flag "
-              "(steps.csv). The paper column is the published EER of the config's `paper_row`, where the "
-              "paper reports one; it was measured on the full data sets and is comparable only with runs "
-              "on the same data.")]
+    lines += [
+        "",
+        (
+            "EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
+            "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
+            "The conflict rate is conflicting steps over logged steps with a defined conflict flag "
+            "(steps.csv). The paper column is the published EER of the config's `paper_row`, where the "
+            "paper reports one; it was measured on the full data sets and is comparable only with runs "
+            "on the same data."
+        ),
+    ]
     return lines
 
 
@@ -249,9 +309,11 @@ def _entry_stats(entry: Entry) -> dict[str, tuple[float, float, int]]:
     finished = [run.results for run in entry.runs if run.results]
     summary = entry.summary or summarise(finished)
     stats = {key: (value["mean"], value["std"], len(value["values"])) for key, value in summary["metrics"].items()}
-    extra = {"epochs": [results["epochs"] for results in finished],
-             "skipped_steps": [results["skipped_steps"] for results in finished],
-             "conflict_rate": [c / n for c, n in (run.conflicts() for run in entry.runs) if n]}
+    extra = {
+        "epochs": [results["epochs"] for results in finished],
+        "skipped_steps": [results["skipped_steps"] for results in finished],
+        "conflict_rate": [c / n for c, n in (run.conflicts() for run in entry.runs) if n],
+    }
     for key, values in extra.items():
         if values:
             stats[key] = (*mean_std(values), len(values))
@@ -268,17 +330,27 @@ def _cell(stats: dict[str, tuple[float, float, int]], key: str, percent: bool = 
 
 def _claims(entries: Sequence[Entry]) -> list[str]:
     runs = [run for entry in entries for run in entry.runs]
-    lines = ["## Against the paper's claims", "",
-             (f"These numbers come from {len(runs)} training run(s) in {len(entries)} configuration(s); "
-             "single runs have no spread estimate, so differences smaller than the seed-to-seed spread of a "
-             "multi-seed row are not evidence of an effect."), ""]
+    lines = [
+        "## Against the paper's claims",
+        "",
+        (
+            f"These numbers come from {len(runs)} training run(s) in {len(entries)} configuration(s); "
+            "single runs have no spread estimate, so differences smaller than the seed-to-seed spread of a "
+            "multi-seed row are not evidence of an effect."
+        ),
+        "",
+    ]
     for key, measured in (("conflict_rate", _conflict_line), ("convergence", _convergence_line)):
         claim = PAPER_CLAIMS[key]
-        lines += [f"- Paper ({claim.where}): {claim.text}. Here:",
-                  *(f"  - {run.label} (aligner {_aligner(run.config)}): {measured(run)}" for run in runs)]
+        lines += [
+            f"- Paper ({claim.where}): {claim.text}. Here:",
+            *(f"  - {run.label} (aligner {_aligner(run.config)}): {measured(run)}" for run in runs),
+        ]
     claim = PAPER_CLAIMS["eer"]
-    lines.append(f"- Paper ({claim.where}): {claim.text}. Here: see the table; the paper's numbers come "
-                 "from full-size corpora and XLS-R models.")
+    lines.append(
+        f"- Paper ({claim.where}): {claim.text}. Here: see the table; the paper's numbers come "
+        "from full-size corpora and XLS-R models."
+    )
     return lines
 
 
@@ -288,8 +360,10 @@ def _conflict_line(run: Run) -> str:
         return "no conflict flags recorded"
     augment = run.config.augment
     chain = Path(augment.chain).stem if augment.chain else "an inline chain"
-    return (f"{conflicts / flagged:.1%} ({conflicts} of {flagged} logged steps) with augmentation {chain}; "
-            "the paper's figure is for RawBoost on ASVspoof 2019 LA")
+    return (
+        f"{conflicts / flagged:.1%} ({conflicts} of {flagged} logged steps) with augmentation {chain}; "
+        "the paper's figure is for RawBoost on ASVspoof 2019 LA"
+    )
 
 
 def _convergence_line(run: Run) -> str:
@@ -312,14 +386,23 @@ def _det_section(runs: Sequence[Run], out: Path) -> list[str]:
 
 def _run_section(run: Run, out: Path) -> list[str]:
     config, results = run.config, run.results
-    lines = [f"### {run.label}", "",
-             (f"`{run.path}`: model {config.model['name']}, mode {config.dualpath.mode}, aligner "
-             f"{config.dualpath.aligner}, seed {config.seed}, paper row {config.paper_row or '–'}; "
-             f"{results.get('steps', '?')} steps, averaged epochs {results.get('averaged_epochs', '?')}.")]
+    lines = [
+        f"### {run.label}",
+        "",
+        (
+            f"`{run.path}`: model {config.model['name']}, mode {config.dualpath.mode}, aligner "
+            f"{config.dualpath.aligner}, seed {config.seed}, paper row {config.paper_row or '–'}; "
+            f"{results.get('steps', '?')} steps, averaged epochs {results.get('averaged_epochs', '?')}."
+        ),
+    ]
     if run.missing:
         lines += ["", *(f"- Not shown: {item}" for item in run.missing)]
-    for kind, draw in (("loss", _loss_figure), ("conflict", _conflict_figure), ("weights", _weights_figure),
-                       ("scores", _scores_figure)):
+    for kind, draw in (
+        ("loss", _loss_figure),
+        ("conflict", _conflict_figure),
+        ("weights", _weights_figure),
+        ("scores", _scores_figure),
+    ):
         name = draw(run, out / f"run-{run.slug}-{kind}.png")
         if name:
             lines += ["", f"![{run.label} {kind}]({name})"]
@@ -444,8 +527,11 @@ def _finite(values: Sequence[float | None]) -> list[float]:
 
 def _series(columns: Columns, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     """The points of column ``y`` against ``x`` where both are defined and finite."""
-    pairs = [(a, b) for a, b in zip(columns.get(x, []), columns.get(y, []))
-             if a is not None and b is not None and math.isfinite(b)]
+    pairs = [
+        (a, b)
+        for a, b in zip(columns.get(x, []), columns.get(y, []))
+        if a is not None and b is not None and math.isfinite(b)
+    ]
     points = np.array(pairs, dtype=float).reshape(-1, 2)
     return points[:, 0], points[:, 1]
 

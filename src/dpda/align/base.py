@@ -64,9 +64,7 @@ class Aligner(ABC):
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         if state:
-            raise KeyError(
-                f"aligner {self.name!r} is stateless but the saved state has keys {sorted(state)}"
-            )
+            raise KeyError(f"aligner {self.name!r} is stateless but the saved state has keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(grouping={self.grouping!r})"

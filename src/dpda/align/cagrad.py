@@ -66,8 +66,13 @@ class CAGrad(Aligner):
         def objective(x: np.ndarray) -> float:
             return float(x @ gram @ start + radius * np.sqrt(x @ gram @ x + _EPS))
 
-        result = minimize(objective, start.copy(), method="SLSQP", bounds=((0, 1), (0, 1)),
-                          constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},))
+        result = minimize(
+            objective,
+            start.copy(),
+            method="SLSQP",
+            bounds=((0, 1), (0, 1)),
+            constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
+        )
         x_o, x_a = np.float32(result.x).tolist()
         return x_o, x_a
 

@@ -60,9 +60,7 @@ class GradVac(Aligner):
             w = norms[:, i] * (target * sin_rho - rho * sin_target) / (norms[:, j] * sin_target + _EPS)
             apply = (rho < target) & (norms[:, j] > 0)
             added[:, i] = torch.where(apply, w, 0.0)
-            self.rho_target[:, i, j] = torch.where(
-                rho > 0, (1 - self.beta) * target + self.beta * rho, target
-            )
+            self.rho_target[:, i, j] = torch.where(rho > 0, (1 - self.beta) * target + self.beta * rho, target)
         # mean of (g_o + added_o g_a) and (g_a + added_a g_o)
         return torch.stack((0.5 * (1 + added[:, 1]), 0.5 * (1 + added[:, 0])), dim=1)
 
@@ -75,9 +73,7 @@ class GradVac(Aligner):
             raise KeyError(f"gradvac: unexpected state keys {sorted(unknown)}; expected 'rho_target'")
         target = state.get("rho_target")
         if target is not None and (target.dim() != 3 or target.shape[1:] != (2, 2)):
-            raise ValueError(
-                f"gradvac: rho_target must have shape (n_groups, 2, 2), got {tuple(target.shape)}"
-            )
+            raise ValueError(f"gradvac: rho_target must have shape (n_groups, 2, 2), got {tuple(target.shape)}")
         self.rho_target = None if target is None else target.to(torch.float64).clone()
 
     def __repr__(self) -> str:

@@ -17,9 +17,7 @@ from torch import Tensor
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def pairwise_products(
-    grads_orig: Sequence[Tensor | None], grads_aug: Sequence[Tensor | None]
-) -> Tensor:
+def pairwise_products(grads_orig: Sequence[Tensor | None], grads_aug: Sequence[Tensor | None]) -> Tensor:
     """Per-tensor products ``(g_o.g_o, g_o.g_a, g_a.g_a)`` as an ``(n, 3)`` float64 tensor.
 
     A missing gradient (``None``: a parameter that one path does not reach) counts as zero.
@@ -28,9 +26,7 @@ def pairwise_products(
     tensors lose nothing.
     """
     if len(grads_orig) != len(grads_aug):
-        raise ValueError(
-            f"the two gradient sets differ in length: {len(grads_orig)} vs {len(grads_aug)}"
-        )
+        raise ValueError(f"the two gradient sets differ in length: {len(grads_orig)} vs {len(grads_aug)}")
     rows: list[Tensor] = []
     device = next((g.device for g in (*grads_orig, *grads_aug) if g is not None), None)
     for index, (g_o, g_a) in enumerate(zip(grads_orig, grads_aug)):
@@ -41,8 +37,7 @@ def pairwise_products(
             continue
         if a is not None and b is not None and a.shape != b.shape:
             raise ValueError(
-                f"gradient {index} has {a.numel()} elements on the original path "
-                f"and {b.numel()} on the augmented path"
+                f"gradient {index} has {a.numel()} elements on the original path and {b.numel()} on the augmented path"
             )
         zero = (a if a is not None else b).new_zeros(())
         oo = torch.dot(a, a) if a is not None else zero
@@ -69,8 +64,9 @@ def gram_from_products(products: Tensor, groups: Tensor | None = None) -> Tensor
     return torch.stack((torch.stack((oo, oa), dim=1), torch.stack((oa, aa), dim=1)), dim=1)
 
 
-def combine_(grads_orig: list[Tensor | None], grads_aug: Sequence[Tensor | None],
-             weight_orig: float, weight_aug: float) -> list[Tensor | None]:
+def combine_(
+    grads_orig: list[Tensor | None], grads_aug: Sequence[Tensor | None], weight_orig: float, weight_aug: float
+) -> list[Tensor | None]:
     """``w_o * g_o + w_a * g_a`` written into the original-path tensors (in place).
 
     Returns the combined gradient per tensor; where the original path has no gradient the

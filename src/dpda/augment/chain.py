@@ -72,8 +72,9 @@ def stage_labels(names: Sequence[str]) -> list[str]:
     return labels
 
 
-def apply_selected(augmentation: Augmentation, x: Tensor, selected: Tensor,
-                   generator: torch.Generator | None) -> Augmented:
+def apply_selected(
+    augmentation: Augmentation, x: Tensor, selected: Tensor, generator: torch.Generator | None
+) -> Augmented:
     """Augment the utterances where ``selected`` (B,) is true; the others keep their audio.
 
     The augmentation runs on the selected rows only; rows it did not run on get NaN, -1 or False
@@ -159,8 +160,9 @@ class OneOf(Augmentation):
         super().__init__()
         weights = [float(w) for _, w in choices]
         if not choices or any(not (math.isfinite(w) and w >= 0) for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"choices: need at least one choice, weights finite, non-negative and not all zero; "
-                             f"got {weights}")
+            raise ValueError(
+                f"choices: need at least one choice, weights finite, non-negative and not all zero; got {weights}"
+            )
         self.choices = nn.ModuleList([augmentation for augmentation, _ in choices])
         self.labels = _labels_for(list(self.choices), names)
         self.cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0) / sum(weights)
@@ -187,8 +189,9 @@ def build_chain(config: Mapping[str, Any], overrides: Mapping[str, Any] | None =
     if "stages" not in config:
         raise ValueError("config: missing key 'stages' (a list of {name, p, options...})")
     sample_rate = config.get("sample_rate")
-    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
-                                    or sample_rate <= 0):
+    if sample_rate is not None and (
+        isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0
+    ):
         raise ValueError(f"sample_rate: must be a positive whole number of Hz, got {sample_rate!r}")
     stages, names = _build_stages(config["stages"], "stages", "p", sample_rate)
     return AugmentationChain(stages, names)
@@ -203,8 +206,9 @@ def load_chain(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         raise ValueError(f"{path}: {error}") from error
 
 
-def _build_stages(specs: Any, where: str, weight_key: str,
-                  sample_rate: int | None) -> tuple[list[tuple[Augmentation, float]], list[str]]:
+def _build_stages(
+    specs: Any, where: str, weight_key: str, sample_rate: int | None
+) -> tuple[list[tuple[Augmentation, float]], list[str]]:
     if not isinstance(specs, Sequence) or isinstance(specs, (str, bytes)):
         raise ValueError(f"{where}: expected a list of stages, got {specs!r}")
     stages, names = [], []
@@ -241,8 +245,11 @@ def _construct(cls: type[Augmentation], options: dict[str, Any], sample_rate: in
     named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not any(p.kind == p.VAR_KEYWORD for p in parameters):
         _check_keys(options, named)
-    missing = [p.name for p in parameters if p.name not in options and p.default is p.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [
+        p.name
+        for p in parameters
+        if p.name not in options and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     if missing:
         raise ValueError(f"missing option(s) {', '.join(missing)}")
     if sample_rate is not None and "sample_rate" in named:
@@ -256,8 +263,10 @@ def _construct(cls: type[Augmentation], options: dict[str, Any], sample_rate: in
 def _check_keys(mapping: Mapping[str, Any], allowed: Sequence[str], where: str = "") -> None:
     for key in mapping:
         if key not in allowed:
-            raise ValueError(f"{where + ': ' if where else ''}unknown key {key!r}{did_you_mean(key, allowed)}; "
-                             f"allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"{where + ': ' if where else ''}unknown key {key!r}{did_you_mean(key, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
 
 
 def _unknown_name(name: Any, registered: Sequence[str]) -> str:
@@ -276,8 +285,10 @@ def _with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
                 raise ValueError(f"overrides: {path!r}: no list of named stages to look {label!r} up in")
             known = stage_labels([str(s["name"]) for s in stages])
             if label not in known:
-                raise ValueError(f"overrides: {path!r}: no stage labelled {label!r}{did_you_mean(label, known)}; "
-                                 f"stages here: {', '.join(known)}")
+                raise ValueError(
+                    f"overrides: {path!r}: no stage labelled {label!r}{did_you_mean(label, known)}; "
+                    f"stages here: {', '.join(known)}"
+                )
             target = stages[known.index(label)]
             stages = target.get("choices")
         target[key] = value

@@ -69,8 +69,9 @@ class Speed(Augmentation):
         factors = check_list("factors", factors, "a list of speed factors")
         self.ratios = [Fraction(f).limit_denominator(MAX_SPEED_DENOMINATOR) if math.isfinite(f) else 0 for f in factors]
         if any(ratio <= 0 for ratio in self.ratios):
-            raise ValueError(f"factors: speed factors must be finite and at least {1 / MAX_SPEED_DENOMINATOR}, "
-                             f"got {factors}")
+            raise ValueError(
+                f"factors: speed factors must be finite and at least {1 / MAX_SPEED_DENOMINATOR}, got {factors}"
+            )
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)

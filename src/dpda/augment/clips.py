@@ -23,8 +23,14 @@ class ClipBank:
     An index into ``files`` identifies a clip in the augmentation parameters.
     """
 
-    def __init__(self, folder: str | Path, key: str, sample_rate: int,
-                 extensions: Sequence[str] = AUDIO_EXTENSIONS, cache_mb: float | None = 2048) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        key: str,
+        sample_rate: int,
+        extensions: Sequence[str] = AUDIO_EXTENSIONS,
+        cache_mb: float | None = 2048,
+    ) -> None:
         folder = Path(folder)
         suffixes = tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
         if not folder.is_dir():

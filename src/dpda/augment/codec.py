@@ -103,7 +103,7 @@ def _align(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
     n = 1 << math.ceil(math.log2(len(decoded) + len(reference)))
     correlation = np.fft.irfft(np.fft.rfft(decoded, n) * np.conj(np.fft.rfft(reference, n)), n)
     lag = int(np.argmax(correlation[: extra + 1]))
-    return decoded[lag: lag + len(reference)]
+    return decoded[lag : lag + len(reference)]
 
 
 def lossy_roundtrip(audio: np.ndarray, sample_rate: int, codec: str, setting: float) -> np.ndarray:
@@ -114,9 +114,15 @@ def lossy_roundtrip(audio: np.ndarray, sample_rate: int, codec: str, setting: fl
     """
     fmt, subtype = _FORMATS[codec]
     buffer = io.BytesIO()
-    sf.write(buffer, audio, sample_rate, format=fmt, subtype=subtype,
-             compression_level=_compression_level(codec, setting, sample_rate),
-             bitrate_mode="CONSTANT" if codec == "mp3" else None)
+    sf.write(
+        buffer,
+        audio,
+        sample_rate,
+        format=fmt,
+        subtype=subtype,
+        compression_level=_compression_level(codec, setting, sample_rate),
+        bitrate_mode="CONSTANT" if codec == "mp3" else None,
+    )
     buffer.seek(0)
     decoded, _ = sf.read(buffer, dtype="float32")
     return _align(decoded, audio)
@@ -138,8 +144,14 @@ class Codec(Augmentation):
 
     name = "codec"
 
-    def __init__(self, codecs: Sequence[str] = G711_CODECS, bitrate_kbps: Mapping[str, Sequence[float]] | None = None,
-                 vorbis_quality: Sequence[float] = (0.0, 1.0), sample_rate: int = 16000, workers: int = 4) -> None:
+    def __init__(
+        self,
+        codecs: Sequence[str] = G711_CODECS,
+        bitrate_kbps: Mapping[str, Sequence[float]] | None = None,
+        vorbis_quality: Sequence[float] = (0.0, 1.0),
+        sample_rate: int = 16000,
+        workers: int = 4,
+    ) -> None:
         super().__init__()
         if isinstance(codecs, str) or not codecs:
             raise ValueError(f"codecs: expected a non-empty list of names from {', '.join(CODECS)}, got {codecs!r}")
@@ -157,8 +169,10 @@ class Codec(Augmentation):
         unexpected = sorted(set(bitrate_kbps) - set(limits))
         if unexpected:
             raise ValueError(f"bitrate_kbps: no bitrate for {unexpected}; bitrates are set for: mp3, opus")
-        ranges = {c: check_range(f"bitrate_kbps.{c}", bitrate_kbps.get(c, (lim[0], lim[-1])), lim[0], lim[-1])
-                  for c, lim in limits.items()}
+        ranges = {
+            c: check_range(f"bitrate_kbps.{c}", bitrate_kbps.get(c, (lim[0], lim[-1])), lim[0], lim[-1])
+            for c, lim in limits.items()
+        }
         low, high = ranges["mp3"]
         self.mp3_choices = [rate for rate in limits["mp3"] if low <= rate <= high]
         if not self.mp3_choices:
@@ -175,7 +189,8 @@ class Codec(Augmentation):
         ids = torch.tensor(self.codec_ids, device=device)
         codec_id = ids[torch.randint(len(ids), (batch,), generator=generator, device=device)]
         mp3_kbps = torch.tensor(self.mp3_choices, dtype=torch.float32, device=device)[
-            torch.randint(len(self.mp3_choices), (batch,), generator=generator, device=device)]
+            torch.randint(len(self.mp3_choices), (batch,), generator=generator, device=device)
+        ]
         opus_kbps = torch.round(draw_uniform(*self.opus_kbps, batch, generator, device))
         quality = draw_uniform(*self.vorbis_quality, batch, generator, device)
 

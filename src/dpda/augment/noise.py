@@ -37,9 +37,15 @@ class AdditiveNoise(Augmentation):
 
     name = "noise"
 
-    def __init__(self, root: str | Path, snr_db: Mapping[str, Sequence[float]] | None = None,
-                 babble_speakers: Sequence[int] = (3, 7), sample_rate: int = 16000,
-                 extensions: Sequence[str] = AUDIO_EXTENSIONS, cache_mb: float | None = 2048) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        snr_db: Mapping[str, Sequence[float]] | None = None,
+        babble_speakers: Sequence[int] = (3, 7),
+        sample_rate: int = 16000,
+        extensions: Sequence[str] = AUDIO_EXTENSIONS,
+        cache_mb: float | None = 2048,
+    ) -> None:
         super().__init__()
         snr_db = DEFAULT_SNR_DB if snr_db is None else snr_db
         if not isinstance(snr_db, Mapping):
@@ -67,11 +73,11 @@ class AdditiveNoise(Augmentation):
         batch, length = x.shape
         device = x.device
         which = torch.randint(len(self.categories), (batch,), generator=generator, device=device)
-        snr_db = draw_uniform(self.snr_low.to(device)[which], self.snr_high.to(device)[which], batch,
-                              generator, device)
+        snr_db = draw_uniform(self.snr_low.to(device)[which], self.snr_high.to(device)[which], batch, generator, device)
         babble = CATEGORIES.index("babble")
-        speakers = torch.randint(self.babble_speakers[0], self.babble_speakers[1] + 1, (batch,),
-                                 generator=generator, device=device)
+        speakers = torch.randint(
+            self.babble_speakers[0], self.babble_speakers[1] + 1, (batch,), generator=generator, device=device
+        )
         category = self.category_codes.to(device)[which]
         num_sources = torch.where(category == babble, speakers, 1)
         width = self.babble_speakers[1] if "babble" in self.categories else 1
@@ -89,5 +95,7 @@ class AdditiveNoise(Augmentation):
 
         dtype = working_dtype(x)
         mixed = add_at_snr(x.to(dtype), noise.to(device=device, dtype=dtype), snr_db)
-        return Augmented(mixed.to(x.dtype), {"snr_db": snr_db, "category": category, "noise_index": noise_index,
-                                             "num_sources": num_sources})
+        return Augmented(
+            mixed.to(x.dtype),
+            {"snr_db": snr_db, "category": category, "noise_index": noise_index, "num_sources": num_sources},
+        )

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 
-def check_range(key: str, value: Sequence[float], low: float | None = None,
-                high: float | None = None) -> tuple[float, float]:
+def check_range(
+    key: str, value: Sequence[float], low: float | None = None, high: float | None = None
+) -> tuple[float, float]:
     """A ``[low, high]`` pair from a configuration, inside the given limits, as floats."""
     lo, hi = check_list(key, value, "a [low, high] pair of numbers", size=2)
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -24,8 +25,12 @@ def check_range(key: str, value: Sequence[float], low: float | None = None,
 
 def check_list(key: str, value: object, expected: str, size: int | None = None) -> list[float]:
     """A non-empty list of numbers from a configuration (of ``size`` items if given), as floats."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value or \
-            (size is not None and len(value) != size):
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or not value
+        or (size is not None and len(value) != size)
+    ):
         raise ValueError(f"{key}: expected {expected}, got {value!r}")
     try:
         return [float(item) for item in value]
@@ -33,8 +38,9 @@ def check_list(key: str, value: object, expected: str, size: int | None = None) 
         raise ValueError(f"{key}: expected {expected}, got {value!r}") from None
 
 
-def draw_uniform(low: Tensor | float, high: Tensor | float, size: int, generator: torch.Generator | None,
-                 device: torch.device) -> Tensor:
+def draw_uniform(
+    low: Tensor | float, high: Tensor | float, size: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """``size`` float32 values uniform in ``[low, high]`` (scalars or per-utterance tensors)."""
     u = torch.rand(size, generator=generator, device=device)
     return low + (high - low) * u

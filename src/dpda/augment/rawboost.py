@@ -40,7 +40,12 @@ ALGORITHMS: dict[int, str] = {
     8: "LnL and ISD in parallel (summed, peak-limited)",
 }
 _SERIES: dict[int, tuple[str, ...]] = {
-    1: ("lnl",), 2: ("isd",), 3: ("ssi",), 4: ("lnl", "isd", "ssi"), 5: ("lnl", "isd"), 6: ("lnl", "ssi"),
+    1: ("lnl",),
+    2: ("isd",),
+    3: ("ssi",),
+    4: ("lnl", "isd", "ssi"),
+    5: ("lnl", "isd"),
+    6: ("lnl", "ssi"),
     7: ("isd", "ssi"),
 }
 
@@ -122,17 +127,38 @@ class RawBoost(Augmentation):
 
     name = "rawboost"
 
-    def __init__(self, algo: int = 4, sample_rate: int = 16000, *, n_bands: int = 5, min_freq: float = 20,
-                 max_freq: float = 8000, min_bandwidth: float = 100, max_bandwidth: float = 1000,
-                 min_taps: int = 10, max_taps: int = 100, min_gain_db: float = 0, max_gain_db: float = 0,
-                 min_bias_db: float = 5, max_bias_db: float = 20, n_orders: int = 5,
-                 max_isd_percent: float = 10, isd_gain: float = 2, min_snr_db: float = 10,
-                 max_snr_db: float = 40) -> None:
+    def __init__(
+        self,
+        algo: int = 4,
+        sample_rate: int = 16000,
+        *,
+        n_bands: int = 5,
+        min_freq: float = 20,
+        max_freq: float = 8000,
+        min_bandwidth: float = 100,
+        max_bandwidth: float = 1000,
+        min_taps: int = 10,
+        max_taps: int = 100,
+        min_gain_db: float = 0,
+        max_gain_db: float = 0,
+        min_bias_db: float = 5,
+        max_bias_db: float = 20,
+        n_orders: int = 5,
+        max_isd_percent: float = 10,
+        isd_gain: float = 2,
+        min_snr_db: float = 10,
+        max_snr_db: float = 40,
+    ) -> None:
         super().__init__()
         if algo not in ALGORITHMS:
             raise ValueError(f"RawBoost: algo must be one of 1-8 ({_describe_algorithms()}), got {algo!r}")
-        for key, value in (("sample_rate", sample_rate), ("n_bands", n_bands), ("min_taps", min_taps),
-                           ("max_taps", max_taps), ("n_orders", n_orders)):
+        for key, value in (
+            ("sample_rate", sample_rate),
+            ("n_bands", n_bands),
+            ("min_taps", min_taps),
+            ("max_taps", max_taps),
+            ("n_orders", n_orders),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RawBoost: {key} must be a positive integer, got {value!r}")
         for low_key, low, high_key, high in (
@@ -149,8 +175,9 @@ class RawBoost(Augmentation):
             if value < 0:
                 raise ValueError(f"RawBoost: {key} must be >= 0 Hz, got {value}")
         if max_freq > sample_rate / 2:
-            raise ValueError(f"RawBoost: max_freq must be <= sample_rate / 2 = {sample_rate / 2} Hz "
-                             f"(Nyquist), got {max_freq}")
+            raise ValueError(
+                f"RawBoost: max_freq must be <= sample_rate / 2 = {sample_rate / 2} Hz (Nyquist), got {max_freq}"
+            )
         if not 0 <= max_isd_percent <= 100:
             raise ValueError(f"RawBoost: max_isd_percent must be in [0, 100], got {max_isd_percent}")
         self.algo, self.sample_rate = algo, sample_rate
@@ -177,9 +204,17 @@ class RawBoost(Augmentation):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each recorded parameter's shape after the batch dimension."""
         orders, bands = self.n_orders, self.n_bands
-        return {"lnl_center_hz": (orders, bands), "lnl_bandwidth_hz": (orders, bands), "lnl_taps": (orders, bands),
-                "lnl_gain_db": (orders,), "isd_fraction": (), "ssi_snr_db": (), "ssi_center_hz": (bands,),
-                "ssi_bandwidth_hz": (bands,), "ssi_taps": (bands,)}
+        return {
+            "lnl_center_hz": (orders, bands),
+            "lnl_bandwidth_hz": (orders, bands),
+            "lnl_taps": (orders, bands),
+            "lnl_gain_db": (orders,),
+            "isd_fraction": (),
+            "ssi_snr_db": (),
+            "ssi_center_hz": (bands,),
+            "ssi_bandwidth_hz": (bands,),
+            "ssi_taps": (bands,),
+        }
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
@@ -204,10 +239,12 @@ class RawBoost(Augmentation):
         batch, length = x.shape
         orders = self.n_orders
         centre, bandwidth, taps = self._draw_bands((batch, orders), x, generator)
-        low = torch.tensor([self.min_gain_db] + [self.min_gain_db - self.min_bias_db] * (orders - 1),
-                           device=x.device, dtype=x.dtype)
-        high = torch.tensor([self.max_gain_db] + [self.max_gain_db - self.max_bias_db] * (orders - 1),
-                            device=x.device, dtype=x.dtype)
+        low = torch.tensor(
+            [self.min_gain_db] + [self.min_gain_db - self.min_bias_db] * (orders - 1), device=x.device, dtype=x.dtype
+        )
+        high = torch.tensor(
+            [self.max_gain_db] + [self.max_gain_db - self.max_bias_db] * (orders - 1), device=x.device, dtype=x.dtype
+        )
         gain_db = low + (high - low) * self._uniform((batch, orders), x, generator)
         response = self._cascade_response(centre, bandwidth, taps, gain_db)
         # x**k overflows float32 for loud audio: filter (x / a)**k with a = max(peak, 1) and weight
@@ -219,19 +256,22 @@ class RawBoost(Augmentation):
         power = blocks.contiguous()
         spectrum = torch.fft.rfft(power).mul_(response[:, :1])
         for k in range(1, orders):  # in place: batch-sized temporaries are slow on CPU
-            spectrum.addcmul_(torch.fft.rfft(power.mul_(blocks)), response[:, k: k + 1])
+            spectrum.addcmul_(torch.fft.rfft(power.mul_(blocks)), response[:, k : k + 1])
         y = self._unblock(spectrum, length)
         y = y.sub_(y.mean(-1, keepdim=True))
-        limit = torch.maximum(_peak(y), scale ** -orders).clamp_min(torch.finfo(x.dtype).tiny)
-        return y.div_(limit), {"lnl_center_hz": centre, "lnl_bandwidth_hz": bandwidth,
-                               "lnl_taps": taps.to(x.dtype), "lnl_gain_db": gain_db}
+        limit = torch.maximum(_peak(y), scale**-orders).clamp_min(torch.finfo(x.dtype).tiny)
+        return y.div_(limit), {
+            "lnl_center_hz": centre,
+            "lnl_bandwidth_hz": bandwidth,
+            "lnl_taps": taps.to(x.dtype),
+            "lnl_gain_db": gain_db,
+        }
 
     def _isd(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
         batch, length = x.shape
         percent = self.max_isd_percent * self._uniform((batch,), x, generator)
         count = (length * percent / 100).floor().long()
-        where, touched = _sample_without_replacement(count, length, int(length * self.max_isd_percent / 100),
-                                                     generator)
+        where, touched = _sample_without_replacement(count, length, int(length * self.max_isd_percent / 100), generator)
         u1, u2 = (2 * self._uniform(where.shape, x, generator) - 1 for _ in range(2))
         change = self.isd_gain * x.gather(1, where) * u1 * u2 * touched  # repeated draws add 0
         return _limit_peak_(x.scatter_add(1, where, change)), {"isd_fraction": count / length}
@@ -246,8 +286,12 @@ class RawBoost(Augmentation):
         noise_norm = _norm(x) / 10 ** (snr_db[:, None] / 20)
         coloured_norm = coloured.norm(dim=-1, keepdim=True)  # unit-scale noise: no over- or underflow
         y = torch.addcmul(x, coloured, noise_norm / coloured_norm.clamp_min(torch.finfo(x.dtype).tiny))
-        return y, {"ssi_snr_db": snr_db, "ssi_center_hz": centre, "ssi_bandwidth_hz": bandwidth,
-                   "ssi_taps": taps.to(x.dtype)}
+        return y, {
+            "ssi_snr_db": snr_db,
+            "ssi_center_hz": centre,
+            "ssi_bandwidth_hz": bandwidth,
+            "ssi_taps": taps.to(x.dtype),
+        }
 
     # --- random band-stop cascades and FFT filtering -----------------------------------------
 
@@ -255,15 +299,20 @@ class RawBoost(Augmentation):
     def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
 
-    def _draw_bands(self, shape: tuple[int, ...], like: Tensor,
-                    generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw_bands(
+        self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Centre (Hz), width (Hz) and odd tap count of ``n_bands`` bands per cascade in ``shape``."""
         shape = (*shape, self.n_bands)
         centre = self.min_freq + (self.max_freq - self.min_freq) * self._uniform(shape, like, generator)
         width = self._uniform(shape, like, generator)
         bandwidth = self.min_bandwidth + (self.max_bandwidth - self.min_bandwidth) * width
-        taps = torch.randint(self.min_taps, max(self.max_taps, self.min_taps + 1), shape, generator=generator,
-                             device=like.device) | 1
+        taps = (
+            torch.randint(
+                self.min_taps, max(self.max_taps, self.min_taps + 1), shape, generator=generator, device=like.device
+            )
+            | 1
+        )
         return centre, bandwidth, taps
 
     def _cascade_response(self, centre: Tensor, bandwidth: Tensor, taps: Tensor, gain_db: Tensor) -> Tensor:
@@ -297,12 +346,13 @@ class RawBoost(Augmentation):
     def _unblock(self, spectrum: Tensor, length: int) -> Tensor:
         """Block spectra (B, n, bins), filtered, back to the (B, length) output."""
         reach = self.reach
-        blocks = torch.fft.irfft(spectrum, n=self.block_size)[..., reach: self.block_size - reach]
+        blocks = torch.fft.irfft(spectrum, n=self.block_size)[..., reach : self.block_size - reach]
         return blocks.reshape(len(blocks), -1)[:, :length]
 
 
-def _sample_without_replacement(count: Tensor, length: int, most: int,
-                                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _sample_without_replacement(
+    count: Tensor, length: int, most: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Positions drawn uniformly with replacement (B, m) and the mask of the first ``count[b]``
     distinct ones in each row, ``count <= most``.
 

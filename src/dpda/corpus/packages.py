@@ -28,8 +28,9 @@ def apt_version(package: str) -> str | None:
     """The installed version of a Debian package, ``None`` when it is not installed."""
     if shutil.which("dpkg-query") is None:
         return None
-    result = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status} ${Version}", package], capture_output=True, text=True, check=False
+    )
     status = result.stdout.split()
     return status[-1] if result.returncode == 0 and status[:3] == ["install", "ok", "installed"] else None
 
@@ -65,7 +66,9 @@ def ensure_packages(install: bool = True) -> None:
     if missing_apt:
         problems.append(f"Debian packages {', '.join(missing_apt)}: sudo apt-get install {' '.join(missing_apt)}")
     if missing_pip:
-        problems.append(f"Python packages {', '.join(missing_pip)}: pip install 'dpda[corpus]' "
-                        f"(or pip install {' '.join(missing_pip)} 'setuptools<81')")
+        problems.append(
+            f"Python packages {', '.join(missing_pip)}: pip install 'dpda[corpus]' "
+            f"(or pip install {' '.join(missing_pip)} 'setuptools<81')"
+        )
     if problems:
         raise MissingPackagesError("the built-in corpus needs " + "; ".join(problems))

@@ -90,8 +90,9 @@ def _split_recordings(sources: Sequence[Source], share: Path, rng: np.random.Gen
     return split
 
 
-def _segments(recordings: list[Recording], needed: int,
-              rng: np.random.Generator) -> Iterator[tuple[Recording, Segment]]:
+def _segments(
+    recordings: list[Recording], needed: int, rng: np.random.Generator
+) -> Iterator[tuple[Recording, Segment]]:
     """Up to ``needed`` 1-6 s segments cut at pauses, from recordings taken in random order
     (only as many files are read as the count needs)."""
     produced = 0
@@ -110,8 +111,9 @@ def _texts(share: Path, language: str) -> list[str]:
     return [t for t in script_texts(share, language) if low <= len(t.split()) <= high]
 
 
-def make_plan(size: str, seed: int, share: Path, sources: Sequence[Source] = SOURCES,
-              generators: Sequence[Generator] = GENERATORS) -> list[Item]:
+def make_plan(
+    size: str, seed: int, share: Path, sources: Sequence[Source] = SOURCES, generators: Sequence[Generator] = GENERATORS
+) -> list[Item]:
     """Every item of a corpus of ``size`` (a key of ``SIZES``) drawn with ``seed``."""
     if size not in SIZES:
         raise ValueError(f"unknown corpus size {size!r}; valid: {', '.join(SIZES)}")
@@ -127,21 +129,45 @@ def make_plan(size: str, seed: int, share: Path, sources: Sequence[Source] = SOU
         pool = list(_segments(recordings[split], bonafide_count + per_attack * len(vocoders), rng))
         if not pool:
             raise ValueError(f"{split}: no bona fide recordings found (are the source packages installed?)")
-        split_items = [Item("", split, "bonafide", "-", r.speaker, r.source, r.language, text=r.text, segment=s)
-                       for r, s in pool[:bonafide_count]]
+        split_items = [
+            Item("", split, "bonafide", "-", r.speaker, r.source, r.language, text=r.text, segment=s)
+            for r, s in pool[:bonafide_count]
+        ]
         for generator in attacks:
             for _ in range(per_attack):
                 if generator.kind == "vocoder":  # resynthesise a bona fide segment of this split
                     recording, segment = pool[int(rng.integers(len(pool)))]
-                    split_items.append(Item("", split, "spoof", generator.attack, recording.speaker,
-                                            generator.name, recording.language, text=recording.text,
-                                            segment=segment, params=draw_params(generator, rng)))
+                    split_items.append(
+                        Item(
+                            "",
+                            split,
+                            "spoof",
+                            generator.attack,
+                            recording.speaker,
+                            generator.name,
+                            recording.language,
+                            text=recording.text,
+                            segment=segment,
+                            params=draw_params(generator, rng),
+                        )
+                    )
                 else:
                     voice, language = generator.voices[int(rng.integers(len(generator.voices)))]
                     text = texts[language][int(rng.integers(len(texts[language])))]
-                    split_items.append(Item("", split, "spoof", generator.attack, f"{generator.name}_{voice}",
-                                            generator.name, language, text=text, voice=voice,
-                                            params=draw_params(generator, rng)))
+                    split_items.append(
+                        Item(
+                            "",
+                            split,
+                            "spoof",
+                            generator.attack,
+                            f"{generator.name}_{voice}",
+                            generator.name,
+                            language,
+                            text=text,
+                            voice=voice,
+                            params=draw_params(generator, rng),
+                        )
+                    )
         _assign_channels(split_items, rng)
         for number, index in enumerate(rng.permutation(len(split_items)), start=1):
             split_items[index].utt_id = f"DPDA_{SPLIT_LETTERS[split]}_{number:05d}"
@@ -154,8 +180,9 @@ def _assign_channels(items: list[Item], rng: np.random.Generator) -> None:
     recordings (and their resyntheses) count, and wideband items are band-limited at random
     until each class reaches the larger of the two native shares (at least ``NARROWBAND_SHARE``)."""
     classes = [[item for item in items if item.label == label] for label in ("bonafide", "spoof")]
-    share = max([NARROWBAND_SHARE] + [sum(i.narrowband_native for i in group) / len(group)
-                                      for group in classes if group])
+    share = max(
+        [NARROWBAND_SHARE] + [sum(i.narrowband_native for i in group) / len(group) for group in classes if group]
+    )
     for group in classes:
         wideband = [item for item in group if not item.narrowband_native]
         extra = max(0, round(share * len(group)) - (len(group) - len(wideband)))

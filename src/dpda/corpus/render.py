@@ -15,8 +15,7 @@ def render(item: Item) -> np.ndarray:
     try:
         if item.segment is not None:
             segment = item.segment
-            audio, rate = sf.read(segment.path, start=segment.start, stop=segment.end, dtype="float64",
-                                  always_2d=True)
+            audio, rate = sf.read(segment.path, start=segment.start, stop=segment.end, dtype="float64", always_2d=True)
             audio = audio.mean(axis=1)
             if item.label == "spoof":
                 audio, rate = SYNTHESISE[item.source](audio, rate, item.params)

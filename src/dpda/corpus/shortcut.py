@@ -37,8 +37,15 @@ def features(audio: np.ndarray) -> np.ndarray:
     bandwidth = np.sqrt((power * (freqs[None, :] - centroid[:, None]) ** 2).sum(axis=1) / total)
     weights = total / total.sum()  # loud frames dominate, as in a spectrum of the whole file
     active = active_frames(x, SAMPLE_RATE)
-    return np.array([len(x) / SAMPLE_RATE, 10 * np.log10(np.mean(x**2) + 1e-12), float(rolloff @ weights),
-                     float(bandwidth @ weights), 1.0 - float(active.mean()) if active.size else 1.0])
+    return np.array(
+        [
+            len(x) / SAMPLE_RATE,
+            10 * np.log10(np.mean(x**2) + 1e-12),
+            float(rolloff @ weights),
+            float(bandwidth @ weights),
+            1.0 - float(active.mean()) if active.size else 1.0,
+        ]
+    )
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,12 +66,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[np.nda
     return result.x, mean, scale
 
 
-def shortcut_check(train: tuple[np.ndarray, np.ndarray],
-                   tests: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, object]:
+def shortcut_check(
+    train: tuple[np.ndarray, np.ndarray], tests: Sequence[tuple[str, np.ndarray, np.ndarray]]
+) -> dict[str, object]:
     """Fit on ``train`` (features, labels with 1 = bona fide); the EER on each named test set."""
     weights, mean, scale = fit_logistic(*train)
-    report: dict[str, object] = {"features": list(FEATURES), "min_eer": MIN_EER,
-                                 "weights": dict(zip(FEATURES, np.round(weights[:-1], 4).tolist()))}
+    report: dict[str, object] = {
+        "features": list(FEATURES),
+        "min_eer": MIN_EER,
+        "weights": dict(zip(FEATURES, np.round(weights[:-1], 4).tolist())),
+    }
     for name, x, y in tests:
         scores = ((x - mean) / scale) @ weights[:-1] + weights[-1]
         report[f"eer_{name}"] = round(float(eer(scores[y == 1], scores[y == 0])[0]), 4)

@@ -51,7 +51,7 @@ def trim_silence(audio: np.ndarray, rate: int) -> np.ndarray:
         return audio[:0]
     size = int(rate * FRAME_SECONDS)
     margin = int(rate * KEEP_SILENCE_SECONDS)
-    return audio[max(0, active[0] * size - margin): min(len(audio), (active[-1] + 1) * size + margin)]
+    return audio[max(0, active[0] * size - margin) : min(len(audio), (active[-1] + 1) * size + margin)]
 
 
 def shorten_pauses(audio: np.ndarray, rate: int) -> np.ndarray:
@@ -68,7 +68,7 @@ def shorten_pauses(audio: np.ndarray, rate: int) -> np.ndarray:
         elif not is_silent and start is not None:
             if index - start > keep_frames:
                 first = start + keep_frames // 2
-                keep[first * size: (index - (keep_frames - keep_frames // 2)) * size] = False
+                keep[first * size : (index - (keep_frames - keep_frames // 2)) * size] = False
             start = None
     return audio[keep]
 
@@ -98,7 +98,7 @@ def segment_at_pauses(audio: np.ndarray, rate: int, min_seconds: float, max_seco
     pieces: list[list[int]] = []
     for first, last in merged:
         while last - first > max_frames:
-            window = levels[first + min_frames: first + max_frames]
+            window = levels[first + min_frames : first + max_frames]
             cut = first + min_frames + int(np.argmin(window))
             pieces.append([first, cut])
             first = cut

@@ -16,7 +16,6 @@ SAMPLE_RATE = 16000
 PAPER_LENGTH = 66800
 
 
-
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any format soundfile reads into mono float32 at ``sample_rate``.
 
@@ -54,8 +53,9 @@ def check_policy(length: int | None, policy: str) -> None:
         raise ValueError(f"length must be positive, got {length}")
 
 
-def fit_length(audio: np.ndarray, length: int | None, policy: CropPolicy,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def fit_length(
+    audio: np.ndarray, length: int | None, policy: CropPolicy, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Apply a crop/pad policy.
 
     - ``head``: the first ``length`` samples, repeat-padding shorter utterances (the paper code);
@@ -74,5 +74,5 @@ def fit_length(audio: np.ndarray, length: int | None, policy: CropPolicy,
         if rng is None:
             raise ValueError("crop policy 'random' needs a random generator")
         start = int(rng.integers(0, len(audio) - length + 1))
-        return audio[start: start + length]
+        return audio[start : start + length]
     return audio[:length]

@@ -27,8 +27,16 @@ Batch = tuple[Tensor, Tensor, list[str]]
 class AudioDataset(Dataset):
     """Utterances of a protocol as (audio (T,) float32, label, utterance id)."""
 
-    def __init__(self, records: Sequence[Utterance], root: str | Path, *, length: int | None = PAPER_LENGTH,
-                 crop: CropPolicy = "head", sample_rate: int = SAMPLE_RATE, seed: int = 0) -> None:
+    def __init__(
+        self,
+        records: Sequence[Utterance],
+        root: str | Path,
+        *,
+        length: int | None = PAPER_LENGTH,
+        crop: CropPolicy = "head",
+        sample_rate: int = SAMPLE_RATE,
+        seed: int = 0,
+    ) -> None:
         check_policy(length, crop)
         missing = [r.utt_id for r in records if r.path is None]
         if missing:
@@ -65,8 +73,16 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     (``drop_last=False``) or the tail is dropped (``drop_last=True``).
     """
 
-    def __init__(self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
         distributed = dist.is_available() and dist.is_initialized()
@@ -95,7 +111,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             order = list(range(self.size))
         total = self.per_rank() * self.world_size
         order = (order * (-(-total // self.size)))[:total]
-        for index in order[self.rank::self.world_size][self.start:]:
+        for index in order[self.rank :: self.world_size][self.start :]:
             yield index, self.epoch
 
 
@@ -104,22 +120,40 @@ class ResumableLoader:
 
     Batches are ``collate_fn``'s (by default ``collate``'s); the utterance ids must be last."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 num_workers: int = 0, drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None, pin_memory: bool = False,
-                 collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        pin_memory: bool = False,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank,
-                                        world_size=world_size, drop_last=drop_last)
+        self.sampler = ResumableSampler(
+            len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+        )
         self.batch_size = batch_size
         self.drop_last = drop_last
         # The loader's own generator (worker seeds) keeps it from drawing from the global RNG
         # at each epoch, which would make a resumed run's dropout masks differ.
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 collate_fn=collate_fn or collate, drop_last=drop_last, pin_memory=pin_memory,
-                                 generator=torch.Generator().manual_seed(seed),
-                                 persistent_workers=num_workers > 0)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn or collate,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=num_workers > 0,
+        )
         self.consumed = 0  # samples of this epoch handed out, resumed ones included
 
     @property
@@ -141,8 +175,12 @@ class ResumableLoader:
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "position": self.consumed, "seed": self.sampler.seed,
-                "world_size": self.sampler.world_size}
+        return {
+            "epoch": self.sampler.epoch,
+            "position": self.consumed,
+            "seed": self.sampler.seed,
+            "world_size": self.sampler.world_size,
+        }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         missing = {"epoch", "position", "seed", "world_size"} - set(state)
@@ -154,7 +192,9 @@ class ResumableLoader:
                 f"this loader (seed {self.sampler.seed}, {self.sampler.world_size} rank(s)); resume needs both equal"
             )
         if not 0 <= state["position"] <= self.sampler.per_rank():
-            raise ValueError(f"saved position {state['position']} is outside this epoch's {self.sampler.per_rank()} samples")
+            raise ValueError(
+                f"saved position {state['position']} is outside this epoch's {self.sampler.per_rank()} samples"
+            )
         self.sampler.epoch, self.sampler.start = int(state["epoch"]), int(state["position"])
         self.consumed = self.sampler.start
 

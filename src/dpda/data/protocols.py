@@ -99,8 +99,11 @@ def _check_ids(path: Path, located: Sequence[tuple[str, _Place]], what: str) -> 
         earlier = first[utt_id]
         if isinstance(place, int):
             raise ProtocolError(path, f"duplicate utterance id {utt_id!r} (lines {earlier} and {place})", place)
-        raise ProtocolError(path, f"duplicate utterance id {utt_id!r} (files {earlier} and {place}); "
-                                  "ids are paths without extension and must be unique")
+        raise ProtocolError(
+            path,
+            f"duplicate utterance id {utt_id!r} (files {earlier} and {place}); "
+            "ids are paths without extension and must be unique",
+        )
 
 
 def _label(path: Path, line: int, raw: str, labels: Mapping[str, int], *, fold: bool = False) -> int:
@@ -157,20 +160,52 @@ class _Layout:
 _ROLES = frozenset({"speaker", "utt_id", "attack", "key"})
 _ASVSPOOF2019 = _Layout("ASVspoof 2019 LA/PA CM protocol", ("speaker", "utt_id", "environment", "attack", "key"))
 _ASVSPOOF2021 = (
-    _Layout("ASVspoof 2021 LA keys", ("speaker", "utt_id", "codec", "transmission", "attack", "key", "trim",
-                                      "phase")),
-    _Layout("ASVspoof 2021 PA keys", ("speaker", "utt_id", "asv_room", "asv_mic", "asv_distance", "attacker_room",
-                                      "attacker_mic", "replay_device", "attacker_distance", "key", "trim",
-                                      "phase")),
-    _Layout("ASVspoof 2021 DF keys", ("speaker", "utt_id", "codec", "source", "attack", "key", "trim", "phase",
-                                      "vocoder", "task", "team", "gender_pair", "language")),
+    _Layout("ASVspoof 2021 LA keys", ("speaker", "utt_id", "codec", "transmission", "attack", "key", "trim", "phase")),
+    _Layout(
+        "ASVspoof 2021 PA keys",
+        (
+            "speaker",
+            "utt_id",
+            "asv_room",
+            "asv_mic",
+            "asv_distance",
+            "attacker_room",
+            "attacker_mic",
+            "replay_device",
+            "attacker_distance",
+            "key",
+            "trim",
+            "phase",
+        ),
+    ),
+    _Layout(
+        "ASVspoof 2021 DF keys",
+        (
+            "speaker",
+            "utt_id",
+            "codec",
+            "source",
+            "attack",
+            "key",
+            "trim",
+            "phase",
+            "vocoder",
+            "task",
+            "team",
+            "gender_pair",
+            "language",
+        ),
+    ),
 )
-_ASVSPOOF5 = _Layout("ASVspoof 5 protocol", ("speaker", "utt_id", "gender", "codec", "codec_q", "codec_seed",
-                                             "attack_tag", "attack", "key", "reserved"))
+_ASVSPOOF5 = _Layout(
+    "ASVspoof 5 protocol",
+    ("speaker", "utt_id", "gender", "codec", "codec_q", "codec_seed", "attack_tag", "attack", "key", "reserved"),
+)
 
 
-def _read_columns(path: Path, layouts: Sequence[_Layout], path_template: str,
-                  hints: Mapping[int, str] | None = None) -> list[Utterance]:
+def _read_columns(
+    path: Path, layouts: Sequence[_Layout], path_template: str, hints: Mapping[int, str] | None = None
+) -> list[Utterance]:
     """Read a whitespace-separated protocol whose first line picks the layout from ``layouts``.
 
     ``hints`` explains a first line of an unexpected width (e.g. a trial list given for a key).
@@ -187,11 +222,15 @@ def _read_columns(path: Path, layouts: Sequence[_Layout], path_template: str,
             if layout is None:
                 expected = " or ".join(f"{len(each.columns)} ({each.name})" for each in layouts)
                 hint = (hints or {}).get(len(fields))
-                raise ProtocolError(path, f"expected {expected} columns, found {len(fields)}"
-                                          + (f"; {hint}" if hint else ""), number)
+                raise ProtocolError(
+                    path, f"expected {expected} columns, found {len(fields)}" + (f"; {hint}" if hint else ""), number
+                )
         elif len(fields) != len(layout.columns):
-            raise ProtocolError(path, f"expected {len(layout.columns)} columns ({layout.name}, as on line "
-                                      f"{first_line}), found {len(fields)}", number)
+            raise ProtocolError(
+                path,
+                f"expected {len(layout.columns)} columns ({layout.name}, as on line {first_line}), found {len(fields)}",
+                number,
+            )
         row = dict(zip(layout.columns, fields))
         attack = row.get("attack", _NOT_GIVEN)
         record = Utterance(
@@ -217,8 +256,9 @@ def read_asvspoof2019(path: str | Path, *, path_template: str = ASVSPOOF_PATH_TE
     return _read_columns(Path(path), (_ASVSPOOF2019,), path_template)
 
 
-def read_asvspoof2021(path: str | Path, *, phase: str | Collection[str] | None = None,
-                      path_template: str = ASVSPOOF_PATH_TEMPLATE) -> list[Utterance]:
+def read_asvspoof2021(
+    path: str | Path, *, phase: str | Collection[str] | None = None, path_template: str = ASVSPOOF_PATH_TEMPLATE
+) -> list[Utterance]:
     """ASVspoof 2021 LA, DF or PA eval keys (``trial_metadata.txt``), the track told by the width.
 
     ``phase`` keeps only the trials of that phase (or phases): ``eval``, ``progress``, ``hidden``;
@@ -235,8 +275,9 @@ def read_asvspoof2021(path: str | Path, *, phase: str | Collection[str] | None =
     kept = [record for record in records if record.extra.get("phase") in wanted]
     if not kept:
         present = sorted({record.extra.get("phase", _NOT_GIVEN) for record in records})
-        raise ProtocolError(path, f"no trials of phase {', '.join(sorted(wanted))}; "
-                                  f"phases present: {', '.join(present)}")
+        raise ProtocolError(
+            path, f"no trials of phase {', '.join(sorted(wanted))}; phases present: {', '.join(present)}"
+        )
     return kept
 
 
@@ -269,11 +310,18 @@ def read_trial_list(path: str | Path) -> list[str]:
 # CSV
 
 
-def read_csv(path: str | Path, *, path_column: str = "path", label_column: str = "label",
-             bonafide_values: Collection[str] = CSV_BONAFIDE_VALUES,
-             spoof_values: Collection[str] = CSV_SPOOF_VALUES, id_column: str | None = None,
-             speaker_column: str | None = None, attack_column: str | None = None,
-             delimiter: str | None = None) -> list[Utterance]:
+def read_csv(
+    path: str | Path,
+    *,
+    path_column: str = "path",
+    label_column: str = "label",
+    bonafide_values: Collection[str] = CSV_BONAFIDE_VALUES,
+    spoof_values: Collection[str] = CSV_SPOOF_VALUES,
+    id_column: str | None = None,
+    speaker_column: str | None = None,
+    attack_column: str | None = None,
+    delimiter: str | None = None,
+) -> list[Utterance]:
     """A CSV with a header, one trial a row: the audio path and its label, optionally more.
 
     Label values are compared case-insensitively. Without ``id_column`` the id is the path without
@@ -286,8 +334,13 @@ def read_csv(path: str | Path, *, path_column: str = "path", label_column: str =
     if overlap:
         raise ValueError(f"label values {sorted(overlap)} are both bona fide and spoof")
     labels.update({value.casefold(): SPOOF for value in spoof_values})
-    named = {"path_column": path_column, "label_column": label_column, "id_column": id_column,
-             "speaker_column": speaker_column, "attack_column": attack_column}
+    named = {
+        "path_column": path_column,
+        "label_column": label_column,
+        "id_column": id_column,
+        "speaker_column": speaker_column,
+        "attack_column": attack_column,
+    }
     used = {column for column in named.values() if column is not None}
     _require(path)
     located: list[tuple[Utterance, int]] = []
@@ -306,8 +359,9 @@ def read_csv(path: str | Path, *, path_column: str = "path", label_column: str =
                     continue
                 number = reader.line_num
                 if len(row) != len(header):
-                    raise ProtocolError(path, f"expected {len(header)} columns (as in the header), "
-                                              f"found {len(row)}", number)
+                    raise ProtocolError(
+                        path, f"expected {len(header)} columns (as in the header), found {len(row)}", number
+                    )
                 cells = dict(zip(header, (cell.strip() for cell in row)))
                 file = cells[path_column]
                 utt_id = cells[id_column] if id_column else _without_extension(file)
@@ -343,8 +397,9 @@ def _csv_header(path: Path, header: list[str], named: Mapping[str, str | None], 
         raise ProtocolError(path, f"repeated header column(s) {', '.join(map(repr, repeated))}", line)
     for option, column in named.items():
         if column is not None and column not in header:
-            raise ProtocolError(path, f"no column {column!r} ({option}); the header has "
-                                      f"{', '.join(map(repr, header))}", line)
+            raise ProtocolError(
+                path, f"no column {column!r} ({option}); the header has {', '.join(map(repr, header))}", line
+            )
     return header
 
 
@@ -354,8 +409,15 @@ def read_in_the_wild(path: str | Path) -> list[Utterance]:
     The path is the file name (relative to the release folder) and the id that name without its
     extension, as for the other kinds.
     """
-    return read_csv(path, path_column="file", label_column="label", speaker_column="speaker",
-                    bonafide_values=("bona-fide",), spoof_values=("spoof",), delimiter=",")
+    return read_csv(
+        path,
+        path_column="file",
+        label_column="label",
+        speaker_column="speaker",
+        bonafide_values=("bona-fide",),
+        spoof_values=("spoof",),
+        delimiter=",",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,14 +438,15 @@ def _read_class_folders(root: str | Path, classes: Mapping[str, int], *, attack_
         name = entry.name.casefold()
         if name in classes and entry.is_dir():
             if name in folders:
-                raise ProtocolError(root, f"sub-folders {folders[name].name}/ and {entry.name}/ "
-                                          f"both match {name}/")
+                raise ProtocolError(root, f"sub-folders {folders[name].name}/ and {entry.name}/ both match {name}/")
             folders[name] = entry
     missing = [f"{name}/" for name in classes if name not in folders]
     if missing:
         present = ", ".join(f"{entry.name}/" for entry in sorted(root.iterdir()) if entry.is_dir()) or "none"
-        raise ProtocolError(root, f"expected sub-folders {wanted} (any case), missing {', '.join(missing)}; "
-                                  f"sub-folders present: {present}")
+        raise ProtocolError(
+            root,
+            f"expected sub-folders {wanted} (any case), missing {', '.join(missing)}; sub-folders present: {present}",
+        )
     located: list[tuple[Utterance, str]] = []
     for name, label in classes.items():
         for relative in _audio_files(folders[name], root):
@@ -391,8 +454,9 @@ def _read_class_folders(root: str | Path, classes: Mapping[str, int], *, attack_
             attack = parts[1] if attack_level and label == SPOOF and len(parts) > 2 else None
             located.append((Utterance(_without_extension(relative), relative, label, attack=attack), relative))
     extensions = ", ".join(sorted(AUDIO_EXTENSIONS))
-    _check_ids(root, [(record.utt_id, place) for record, place in located],
-               f"audio files ({extensions}) under {wanted}")
+    _check_ids(
+        root, [(record.utt_id, place) for record, place in located], f"audio files ({extensions}) under {wanted}"
+    )
     return [record for record, _ in located]
 
 

@@ -37,8 +37,9 @@ def dataset_name(dataset: DataSet) -> str:
     return f"{protocol.parent.parent.name}-{protocol.stem}" if dataset.kind == "builtin" else protocol.stem
 
 
-def read_dataset(dataset: DataSet, role: str, check: str = "header", *, need_both_classes: bool = True,
-                 progress: bool = True) -> list[Utterance]:
+def read_dataset(
+    dataset: DataSet, role: str, check: str = "header", *, need_both_classes: bool = True, progress: bool = True
+) -> list[Utterance]:
     """The protocol's records, with every audio file checked (``check``: header, decode or off)
     before any training starts; errors name the role (train, dev, eval set) and the files."""
     kind = "asvspoof2019" if dataset.kind == "builtin" else dataset.kind
@@ -51,8 +52,9 @@ def read_dataset(dataset: DataSet, role: str, check: str = "header", *, need_bot
     labels = Counter(record.label for record in records)
     if need_both_classes and len(labels) < 2:
         only = "bona fide" if 1 in labels else "spoof"
-        raise DataError(f"{role} data: {dataset.protocol} has only {only} utterances; training and early "
-                        "stopping need both classes")
+        raise DataError(
+            f"{role} data: {dataset.protocol} has only {only} utterances; training and early stopping need both classes"
+        )
     if check != "off":
         try:
             validate(records, dataset_root(dataset), decode=check == "decode", progress=progress)

@@ -29,8 +29,14 @@ class ValidationReport:
         return sum(self.durations.values())
 
 
-def validate(records: Sequence[Utterance], root: str | Path, *, decode: bool = True,
-             workers: int | None = None, progress: bool = True) -> ValidationReport:
+def validate(
+    records: Sequence[Utterance],
+    root: str | Path,
+    *,
+    decode: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ValidationReport:
     """Check that every record's file exists and decodes, in parallel, with a progress bar.
 
     Missing or empty files, corrupt headers, unsupported formats, zero samples and NaN/inf
@@ -44,8 +50,7 @@ def validate(records: Sequence[Utterance], root: str | Path, *, decode: bool = T
     workers = workers or min(32, (os.cpu_count() or 1) * 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = pool.map(lambda record: _check(record, root, decode), records)
-        results = list(tqdm(checks, total=len(records), desc="validating audio", unit="file",
-                            disable=not progress))
+        results = list(tqdm(checks, total=len(records), desc="validating audio", unit="file", disable=not progress))
     report = ValidationReport()
     problems: list[tuple[str, str]] = []
     for record, (seconds, problem, silent) in zip(records, results):

@@ -5,5 +5,13 @@ from dpda.dualpath.scaler import LossScaler
 from dpda.dualpath.step import DualPathStep, StepStats
 from dpda.names import MODES, PRECISIONS
 
-__all__ = ["MODES", "PRECISIONS", "DualPathStep", "LossScaler", "PathLoss", "StepStats", "WeightedCrossEntropy",
-           "set_loss"]
+__all__ = [
+    "MODES",
+    "PRECISIONS",
+    "DualPathStep",
+    "LossScaler",
+    "PathLoss",
+    "StepStats",
+    "WeightedCrossEntropy",
+    "set_loss",
+]

@@ -40,9 +40,7 @@ class WeightedCrossEntropy:
 
     def __call__(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if logits.dim() != 2 or logits.shape[1] != len(self.weights):
-            raise ValueError(
-                f"expected logits of shape (batch, {len(self.weights)}), got {tuple(logits.shape)}"
-            )
+            raise ValueError(f"expected logits of shape (batch, {len(self.weights)}), got {tuple(logits.shape)}")
         weights = self.weights.to(logits.device)
         numerator = F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
         return numerator, weights[labels].sum()

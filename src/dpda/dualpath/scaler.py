@@ -17,8 +17,13 @@ class LossScaler:
     """The loss scale: halved after a step with a non-finite gradient, doubled after
     ``growth_interval`` finite steps in a row (the rule of ``torch.amp.GradScaler``)."""
 
-    def __init__(self, scale: float = 2.0**16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
+    def __init__(
+        self,
+        scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ) -> None:
         if scale <= 0 or growth_factor <= 1 or not 0 < backoff_factor < 1 or growth_interval < 1:
             raise ValueError(
                 "loss scaler: need scale > 0, growth_factor > 1, 0 < backoff_factor < 1, "

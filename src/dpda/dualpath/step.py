@@ -148,8 +148,7 @@ class DualPathStep:
         """Forward and backward one micro-batch, adding to both path gradient sets."""
         if x_orig.shape != x_aug.shape:
             raise ValueError(
-                f"x_orig and x_aug must have the same shape, got {tuple(x_orig.shape)} "
-                f"and {tuple(x_aug.shape)}"
+                f"x_orig and x_aug must have the same shape, got {tuple(x_orig.shape)} and {tuple(x_aug.shape)}"
             )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be class indices (an integer tensor), got {labels.dtype}")
@@ -190,8 +189,9 @@ class DualPathStep:
         if self.mode == "concat":
             stats = self._apply_concat(_ratio(1.0, scale * (den_o + den_a)), losses)
         else:
-            stats = self._apply_aligned(torch.tensor([_ratio(1.0, scale * den_o), _ratio(1.0, scale * den_a)],
-                                                     dtype=torch.float64), losses)
+            stats = self._apply_aligned(
+                torch.tensor([_ratio(1.0, scale * den_o), _ratio(1.0, scale * den_a)], dtype=torch.float64), losses
+            )
         if self.loss_scaler is not None:
             self.loss_scaler.update(stats.skipped)
         self.steps += 1
@@ -271,18 +271,29 @@ class DualPathStep:
         clip_coef = self._clip_coefficient(result_norm)
         effective = weights * normaliser * clip_coef
         for group, members in enumerate(self.group_members):
-            combined = combine_([self._grads[ORIG][i] for i in members], [self._grads[AUG][i] for i in members],
-                                float(effective[group, 0]), float(effective[group, 1]))
+            combined = combine_(
+                [self._grads[ORIG][i] for i in members],
+                [self._grads[AUG][i] for i in members],
+                float(effective[group, 0]),
+                float(effective[group, 1]),
+            )
             for i, g in zip(members, combined):
                 self.params[i].grad = g
         self._optimizer_step()
         denominator = float(norms[0] * norms[1])
         return StepStats(
-            **losses, skipped=False,
-            cosine=inner / denominator if denominator > 0 else 0.0, inner=inner,
-            norm_orig=float(norms[0]), norm_aug=float(norms[1]), conflict=inner < 0,
-            weight_orig=float(weights[:, 0].mean()), weight_aug=float(weights[:, 1].mean()),
-            result_norm=result_norm * clip_coef, clip_coef=clip_coef, loss_scale=self._scale(),
+            **losses,
+            skipped=False,
+            cosine=inner / denominator if denominator > 0 else 0.0,
+            inner=inner,
+            norm_orig=float(norms[0]),
+            norm_aug=float(norms[1]),
+            conflict=inner < 0,
+            weight_orig=float(weights[:, 0].mean()),
+            weight_aug=float(weights[:, 1].mean()),
+            result_norm=result_norm * clip_coef,
+            clip_coef=clip_coef,
+            loss_scale=self._scale(),
         )
 
     def _apply_concat(self, normaliser: float, losses: dict[str, float]) -> StepStats:
@@ -296,8 +307,9 @@ class DualPathStep:
         for p, g in zip(self.params, self._grads[ORIG]):
             p.grad = g
         self._optimizer_step()
-        return StepStats(**losses, skipped=False, result_norm=norm * clip_coef, clip_coef=clip_coef,
-                         loss_scale=self._scale())
+        return StepStats(
+            **losses, skipped=False, result_norm=norm * clip_coef, clip_coef=clip_coef, loss_scale=self._scale()
+        )
 
     def _clip_coefficient(self, norm: float) -> float:
         if self.max_grad_norm is None:

@@ -19,8 +19,9 @@ def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def all_reduce_sum_(tensors: list[Tensor], group: dist.ProcessGroup | None = None,
-                    bucket_bytes: int = 25 * 2**20) -> None:
+def all_reduce_sum_(
+    tensors: list[Tensor], group: dist.ProcessGroup | None = None, bucket_bytes: int = 25 * 2**20
+) -> None:
     """Sum every tensor over all ranks in place. Every rank must pass the same shapes in order."""
     pending: deque[tuple[dist.Work, Tensor, list[Tensor]]] = deque()
     for bucket in _buckets(tensors, bucket_bytes):

@@ -54,8 +54,7 @@ def fit_calibration(bonafide: ArrayLike, spoof: ArrayLike, fitted_on: str = "dev
         value = 0.5 * np.logaddexp(0, -zb).mean() + 0.5 * np.logaddexp(0, zs).mean()
         gb = -expit(-zb)  # d/dz of log(1 + e^-z)
         gs = expit(zs)
-        grad = np.array([0.5 * (gb * bonafide).mean() + 0.5 * (gs * spoof).mean(),
-                         0.5 * gb.mean() + 0.5 * gs.mean()])
+        grad = np.array([0.5 * (gb * bonafide).mean() + 0.5 * (gs * spoof).mean(), 0.5 * gb.mean() + 0.5 * gs.mean()])
         return value, grad
 
     scale = 1.0 / max(np.std(np.concatenate([bonafide, spoof])), 1e-12)

@@ -65,8 +65,13 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any]) -> dict[str
     result: dict[str, Any] = {"utterances": len(records), "bonafide": len(bonafide), "spoof": len(spoof)}
     if len(bonafide) and len(spoof):
         value, threshold = eer(bonafide, spoof)
-        result.update(eer=value, eer_threshold=threshold, min_dcf=min_dcf(bonafide, spoof)[0],
-                      act_dcf=act_dcf(bonafide, spoof), cllr=cllr(bonafide, spoof))
+        result.update(
+            eer=value,
+            eer_threshold=threshold,
+            min_dcf=min_dcf(bonafide, spoof)[0],
+            act_dcf=act_dcf(bonafide, spoof),
+            cllr=cllr(bonafide, spoof),
+        )
         attacks = [r.attack or "unknown" for r in spoof_records]
         if len(set(attacks)) > 1:
             result["eer_per_attack"] = eer_per_attack(bonafide, spoof, attacks)
@@ -75,26 +80,46 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any]) -> dict[str
 
 def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[tuple[DataSet, list[Utterance]]]:
     """Each eval set with its records, every audio file checked (``check``) before any scoring."""
-    return [(d, read_dataset(d, f"eval set {dataset_name(d)!r}", check, need_both_classes=False, progress=progress))
-            for d in sets]
+    return [
+        (d, read_dataset(d, f"eval set {dataset_name(d)!r}", check, need_both_classes=False, progress=progress))
+        for d in sets
+    ]
 
 
-def evaluate_sets(detector: Detector, sets: Sequence[tuple[DataSet, list[Utterance]]], out: Path,
-                  device: torch.device, progress: bool = True) -> dict[str, Any]:
+def evaluate_sets(
+    detector: Detector,
+    sets: Sequence[tuple[DataSet, list[Utterance]]],
+    out: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score every set (as ``read_eval_sets`` returns them) into ``out/scores/<name>.txt``
     (resumable) and compute its metrics; ``out/results.json`` and ``out/results.md`` hold them."""
     config = detector.config
     (out / "scores").mkdir(parents=True, exist_ok=True)
     max_seconds = config.eval.max_seconds
     length = round(max_seconds * config.data.sample_rate) if max_seconds else None
-    results: dict[str, Any] = {"checkpoint": str(detector.path), "score": config.eval.score,
-                               "max_seconds": max_seconds, "sets": {}}
+    results: dict[str, Any] = {
+        "checkpoint": str(detector.path),
+        "score": config.eval.score,
+        "max_seconds": max_seconds,
+        "sets": {},
+    }
     for dataset, records in sets:
         name = dataset_name(dataset)
-        scores = score_protocol(detector.model, records, dataset_root(dataset), out / "scores" / f"{name}.txt",
-                                device=device, length=length, batch_size=config.eval.batch_size,
-                                kind=config.eval.score, sample_rate=config.data.sample_rate,
-                                workers=config.data.workers, progress=progress)
+        scores = score_protocol(
+            detector.model,
+            records,
+            dataset_root(dataset),
+            out / "scores" / f"{name}.txt",
+            device=device,
+            length=length,
+            batch_size=config.eval.batch_size,
+            kind=config.eval.score,
+            sample_rate=config.data.sample_rate,
+            workers=config.data.workers,
+            progress=progress,
+        )
         results["sets"][name] = {"protocol": dataset.protocol, **set_metrics(scores, records)}
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     write_text_atomic(out / "results.md", results_markdown(results))
@@ -102,15 +127,32 @@ def evaluate_sets(detector: Detector, sets: Sequence[tuple[DataSet, list[Utteran
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
-    rows = [[name, entry["utterances"], entry["bonafide"], entry["spoof"],
-             *(f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
-               for k in ("eer", "min_dcf", "act_dcf", "cllr"))] for name, entry in results["sets"].items()]
-    lines = [f"# Evaluation of {results['checkpoint']}", "",
-             *table(["set", "utterances", "bona fide", "spoof", "EER", "minDCF", "actDCF", "Cllr"], rows)]
+    rows = [
+        [
+            name,
+            entry["utterances"],
+            entry["bonafide"],
+            entry["spoof"],
+            *(
+                f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
+                for k in ("eer", "min_dcf", "act_dcf", "cllr")
+            ),
+        ]
+        for name, entry in results["sets"].items()
+    ]
+    lines = [
+        f"# Evaluation of {results['checkpoint']}",
+        "",
+        *table(["set", "utterances", "bona fide", "spoof", "EER", "minDCF", "actDCF", "Cllr"], rows),
+    ]
     for name, entry in results["sets"].items():
         if "eer_per_attack" in entry:
-            lines += ["", f"## {name}: EER per attack", "",
-                      *table(["attack", "EER"], [[a, f"{v:.2%}"] for a, v in entry["eer_per_attack"].items()])]
+            lines += [
+                "",
+                f"## {name}: EER per attack",
+                "",
+                *table(["attack", "EER"], [[a, f"{v:.2%}"] for a, v in entry["eer_per_attack"].items()]),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -141,13 +183,16 @@ def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.d
         seconds = len(audio) / config.data.sample_rate
         if max_seconds:
             audio = fit_length(audio, round(max_seconds * config.data.sample_rate), "head")
-        _, logits, _ = predict(detector.model, [(torch.from_numpy(audio)[None], torch.zeros(1, dtype=torch.long),
-                                                 [str(path)])], device)
+        _, logits, _ = predict(
+            detector.model, [(torch.from_numpy(audio)[None], torch.zeros(1, dtype=torch.long), [str(path)])], device
+        )
         score = float(scores_from_logits(logits, config.eval.score)[0])
         record: dict[str, Any] = {"path": str(path), "seconds": round(seconds, 3), "score": round(score, 6)}
         if detector.calibration is not None:
             calibration = detector.calibration
-            record.update(p_spoof=round(float(calibration.spoof_probability(score)), 6),
-                          decision="spoof" if calibration.is_spoof(score) else "bonafide",
-                          threshold=round(calibration.threshold, 6))
+            record.update(
+                p_spoof=round(float(calibration.spoof_probability(score)), 6),
+                decision="spoof" if calibration.is_spoof(score) else "bonafide",
+                threshold=round(calibration.threshold, 6),
+            )
         yield record

@@ -188,7 +188,9 @@ def _dcf_weights(p_spoof: float, c_miss: float, c_fa: float) -> tuple[float, flo
     "no better than no CM".
     """
     if not 0 < p_spoof < 1 or c_miss <= 0 or c_fa <= 0:
-        raise ValueError(f"need 0 < p_spoof < 1 and positive costs, got p_spoof={p_spoof}, c_miss={c_miss}, c_fa={c_fa}")
+        raise ValueError(
+            f"need 0 < p_spoof < 1 and positive costs, got p_spoof={p_spoof}, c_miss={c_miss}, c_fa={c_fa}"
+        )
     w_miss, w_fa = c_miss * (1 - p_spoof), c_fa * p_spoof
     return w_miss, w_fa, min(w_miss, w_fa)
 

@@ -35,10 +35,14 @@ PAPER_RESULTS: dict[str, dict[str, float]] = {
 
 #: Rows our configs complete the grid with but the paper leaves blank (GradVac and CAGrad were
 #: run on the Conformer-TCM back-end only).
-UNREPORTED_ROWS: frozenset[str] = frozenset({
-    "table1/xlsr_aasist/gradvac", "table1/xlsr_aasist/cagrad",
-    "table1/xlsr_mamba/gradvac", "table1/xlsr_mamba/cagrad",
-})
+UNREPORTED_ROWS: frozenset[str] = frozenset(
+    {
+        "table1/xlsr_aasist/gradvac",
+        "table1/xlsr_aasist/cagrad",
+        "table1/xlsr_mamba/gradvac",
+        "table1/xlsr_mamba/cagrad",
+    }
+)
 
 #: The share of training iterations whose path gradients conflict with RawBoost, per the paper.
 PAPER_CONFLICT_RATE = 0.25
@@ -53,12 +57,15 @@ class PaperClaim(NamedTuple):
 
 PAPER_CLAIMS: dict[str, PaperClaim] = {
     "conflict_rate": PaperClaim(
-        "about 25 % of training iterations have conflicting path gradients (negative inner product) "
-        "with RawBoost", "PAPER.md, 'Method'"),
+        "about 25 % of training iterations have conflicting path gradients (negative inner product) with RawBoost",
+        "PAPER.md, 'Method'",
+    ),
     "convergence": PaperClaim(
         "faster convergence: the best dev loss is reached at epoch 4 with alignment, epoch 14 without",
-        "PAPER.md, 'Reported results'"),
+        "PAPER.md, 'Reported results'",
+    ),
     "eer": PaperClaim(
-        "lower EER with alignment: In-the-Wild 7.97 % -> 6.48 % with PCGrad on XLSR-Conformer-TCM "
-        "(18.69 % relative)", "Table 1; PAPER.md, 'Reported results'"),
+        "lower EER with alignment: In-the-Wild 7.97 % -> 6.48 % with PCGrad on XLSR-Conformer-TCM (18.69 % relative)",
+        "Table 1; PAPER.md, 'Reported results'",
+    ),
 }

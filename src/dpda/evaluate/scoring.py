@@ -29,8 +29,12 @@ def scores_from_logits(logits: Tensor, kind: str = "logit_diff") -> Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, list[str]]], device: torch.device,
-            autocast_dtype: torch.dtype | None = None) -> tuple[list[str], Tensor, Tensor]:
+def predict(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, list[str]]],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[list[str], Tensor, Tensor]:
     """Utterance ids, logits (N, 2) in float32 on the CPU and labels of every batch, in eval mode
     (the model's training flag is restored afterwards)."""
     was_training = model.training
@@ -101,9 +105,20 @@ def read_scores(path: str | Path, expected: Sequence[str] | None = None, *, comp
     return scores
 
 
-def score_protocol(model: nn.Module, records: Sequence[Utterance], root: Path, out: Path, *,
-                   device: torch.device, length: int | None, batch_size: int, kind: str = "logit_diff",
-                   sample_rate: int = 16000, workers: int = 0, progress: bool = True) -> dict[str, float]:
+def score_protocol(
+    model: nn.Module,
+    records: Sequence[Utterance],
+    root: Path,
+    out: Path,
+    *,
+    device: torch.device,
+    length: int | None,
+    batch_size: int,
+    kind: str = "logit_diff",
+    sample_rate: int = 16000,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """Score every record into ``out``, resumably: scores are appended to ``out.partial`` batch by
     batch, a re-run skips the ids already there, and the complete file is checked against the
     protocol and renamed to ``out``. ``length`` (samples) crops or repeats every utterance to one
@@ -115,12 +130,16 @@ def score_protocol(model: nn.Module, records: Sequence[Utterance], root: Path, o
         dataset = AudioDataset(todo, root, length=length, crop="head" if length else "full", sample_rate=sample_rate)
         loader = DataLoader(dataset, batch_size=batch_size if length else 1, num_workers=workers, collate_fn=collate)
         with partial.open("a") as stream:
-            bar = tqdm(total=len(records), initial=len(done), desc=f"scoring {out.stem}", unit="utt",
-                       disable=not progress)
+            bar = tqdm(
+                total=len(records), initial=len(done), desc=f"scoring {out.stem}", unit="utt", disable=not progress
+            )
             for batch in loader:
                 ids, logits, _ = predict(model, [batch], device)
-                stream.write("".join(f"{utt} {score:.6f}\n"
-                                     for utt, score in zip(ids, scores_from_logits(logits, kind).tolist())))
+                stream.write(
+                    "".join(
+                        f"{utt} {score:.6f}\n" for utt, score in zip(ids, scores_from_logits(logits, kind).tolist())
+                    )
+                )
                 stream.flush()
                 bar.update(len(ids))
             bar.close()

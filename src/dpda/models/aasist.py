@@ -507,4 +507,3 @@ __all__ = [
     "SincConv",
     "XLSRAASISTBackEnd",
 ]
-

@@ -83,8 +83,11 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult), nn.SiLU(), nn.Dropout(dropout),
-            nn.Linear(dim * mult, dim), nn.Dropout(dropout),
+            nn.Linear(dim, dim * mult),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim * mult, dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -161,10 +164,16 @@ class ConvModule(nn.Module):
         super().__init__()
         inner = dim * expansion_factor
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), Transpose(),
-            nn.Conv1d(dim, 2 * inner, 1), nn.GLU(dim=1),
-            DepthwiseConv1d(inner, kernel_size), nn.BatchNorm1d(inner), nn.SiLU(),
-            nn.Conv1d(inner, dim, 1), Transpose(), nn.Dropout(dropout),
+            nn.LayerNorm(dim),
+            Transpose(),
+            nn.Conv1d(dim, 2 * inner, 1),
+            nn.GLU(dim=1),
+            DepthwiseConv1d(inner, kernel_size),
+            nn.BatchNorm1d(inner),
+            nn.SiLU(),
+            nn.Conv1d(inner, dim, 1),
+            Transpose(),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -175,8 +184,13 @@ class ConformerBlock(nn.Module):
     """Half feed-forward, TCM attention, convolution, half feed-forward, each residual; LayerNorm."""
 
     def __init__(
-        self, dim: int, heads: int, ff_mult: int = 4, conv_expansion_factor: int = 2,
-        conv_kernel_size: int = 31, dropout: float = 0.0,
+        self,
+        dim: int,
+        heads: int,
+        ff_mult: int = 4,
+        conv_expansion_factor: int = 2,
+        conv_kernel_size: int = 31,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.ff1 = Scale(0.5, PreNorm(dim, FeedForward(dim, ff_mult, dropout)))
@@ -200,8 +214,14 @@ class TCMConformer(nn.Module):
     """
 
     def __init__(
-        self, emb_size: int, heads: int, ff_mult: int, exp_fac: int, kernel_size: int,
-        n_encoders: int, dropout: float = 0.0,
+        self,
+        emb_size: int,
+        heads: int,
+        ff_mult: int,
+        exp_fac: int,
+        kernel_size: int,
+        n_encoders: int,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.positional_emb = nn.Parameter(sinusoidal_positions(POSITION_TABLE_ROWS, emb_size), requires_grad=False)
@@ -236,9 +256,17 @@ class ConformerTCMBackEnd(ProjectedBackEnd):
     """
 
     def __init__(
-        self, *, ssl_dim: int = 1024, emb_size: int = 144, heads: int = 4, kernel_size: int = 31,
-        n_encoders: int = 4, ff_mult: int = 4, exp_fac: int = 2, dropout: float = 0.0,
+        self,
+        *,
+        ssl_dim: int = 1024,
+        emb_size: int = 144,
+        heads: int = 4,
+        kernel_size: int = 31,
+        n_encoders: int = 4,
+        ff_mult: int = 4,
+        exp_fac: int = 2,
+        dropout: float = 0.0,
     ) -> None:
-        super().__init__(ssl_dim, emb_size,
-                         TCMConformer(emb_size, heads, ff_mult, exp_fac, kernel_size, n_encoders, dropout))
-
+        super().__init__(
+            ssl_dim, emb_size, TCMConformer(emb_size, heads, ff_mult, exp_fac, kernel_size, n_encoders, dropout)
+        )

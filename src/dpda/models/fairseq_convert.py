@@ -85,8 +85,10 @@ def _as_dict(*args: Any) -> dict:
 
 def _safe_globals() -> dict[str, Any]:
     """Harmless globals by the name a pickle uses for them (numpy's module moved in 2.0)."""
-    names: dict[str, Any] = {f"builtins.{t.__name__}": t for t in (
-        int, float, complex, bool, str, bytes, bytearray, dict, list, tuple, set, frozenset, slice)}
+    names: dict[str, Any] = {
+        f"builtins.{t.__name__}": t
+        for t in (int, float, complex, bool, str, bytes, bytearray, dict, list, tuple, set, frozenset, slice)
+    }
     names["collections.OrderedDict"] = collections.OrderedDict
     names["_codecs.encode"] = codecs.encode  # how protocol 2 pickles bytes
     names["collections.defaultdict"] = _as_dict
@@ -227,18 +229,25 @@ _LAYER = r"encoder\.layers\.(\d+)\."
 
 #: fairseq name (full match) -> transformers ``Wav2Vec2Model`` name.
 RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(p), r) for p, r in [
+    (re.compile(p), r)
+    for p, r in [
         (r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)", r"feature_extractor.conv_layers.\1.conv.\2"),
         # group norm (first layer only) is module 2; layer norm is module 1 of module 2
-        (r"feature_extractor\.conv_layers\.(\d+)\.2(?:\.1)?\.(weight|bias)",
-         r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+        (
+            r"feature_extractor\.conv_layers\.(\d+)\.2(?:\.1)?\.(weight|bias)",
+            r"feature_extractor.conv_layers.\1.layer_norm.\2",
+        ),
         (r"layer_norm\.(weight|bias)", r"feature_projection.layer_norm.\1"),
         (r"post_extract_proj\.(weight|bias)", r"feature_projection.projection.\1"),
         (r"encoder\.pos_conv\.0\.bias", f"{_POS}.bias"),
-        (r"encoder\.pos_conv\.0\.(?:weight_g|parametrizations\.weight\.original0)",
-         f"{_POS}.parametrizations.weight.original0"),
-        (r"encoder\.pos_conv\.0\.(?:weight_v|parametrizations\.weight\.original1)",
-         f"{_POS}.parametrizations.weight.original1"),
+        (
+            r"encoder\.pos_conv\.0\.(?:weight_g|parametrizations\.weight\.original0)",
+            f"{_POS}.parametrizations.weight.original0",
+        ),
+        (
+            r"encoder\.pos_conv\.0\.(?:weight_v|parametrizations\.weight\.original1)",
+            f"{_POS}.parametrizations.weight.original1",
+        ),
         (r"encoder\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
         (_LAYER + r"self_attn\.(q|k|v|out)_proj\.(weight|bias)", r"encoder.layers.\1.attention.\2_proj.\3"),
         (_LAYER + r"self_attn_layer_norm\.(weight|bias)", r"encoder.layers.\1.layer_norm.\2"),
@@ -250,8 +259,16 @@ RULES: list[tuple[re.Pattern[str], str]] = [
 
 #: Parts of the pre-training model that the encoder does not use (``mask_emb`` replaces masked
 #: frames, and the front-end never masks: see ``NOT_CARRIED``).
-TRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.", "label_embs_concat", "input_quantizer.",
-                 "project_inp.", "target_glu.", "mask_emb")
+TRAINING_ONLY = (
+    "quantizer.",
+    "project_q.",
+    "final_proj.",
+    "label_embs_concat",
+    "input_quantizer.",
+    "project_inp.",
+    "target_glu.",
+    "mask_emb",
+)
 
 
 def map_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> tuple[dict[str, Tensor], list[str]]:
@@ -265,7 +282,7 @@ def map_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> tuple[dic
     for key, tensor in state.items():
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name.startswith(TRAINING_ONLY):
             continue
         target = next((pattern.sub(repl, name) for pattern, repl in RULES if pattern.fullmatch(name)), None)
@@ -313,11 +330,18 @@ DROPOUTS = {
 #: fairseq options that shape the encoder -> the transformers options they become (the values
 #: come from the tensors; a config that disagrees with them is refused).
 STRUCTURE = {
-    "extractor_mode": "feat_extract_norm", "conv_feature_layers": "conv_dim, conv_kernel, conv_stride",
-    "conv_bias": "conv_bias", "encoder_layers": "num_hidden_layers", "encoder_embed_dim": "hidden_size",
-    "encoder_ffn_embed_dim": "intermediate_size", "encoder_attention_heads": "num_attention_heads",
-    "activation_fn": "hidden_act", "layer_norm_first": "do_stable_layer_norm", "conv_pos": "num_conv_pos_embeddings",
-    "conv_pos_groups": "num_conv_pos_embedding_groups", "layer_type": "(only 'transformer' converts)",
+    "extractor_mode": "feat_extract_norm",
+    "conv_feature_layers": "conv_dim, conv_kernel, conv_stride",
+    "conv_bias": "conv_bias",
+    "encoder_layers": "num_hidden_layers",
+    "encoder_embed_dim": "hidden_size",
+    "encoder_ffn_embed_dim": "intermediate_size",
+    "encoder_attention_heads": "num_attention_heads",
+    "activation_fn": "hidden_act",
+    "layer_norm_first": "do_stable_layer_norm",
+    "conv_pos": "num_conv_pos_embeddings",
+    "conv_pos_groups": "num_conv_pos_embedding_groups",
+    "layer_type": "(only 'transformer' converts)",
 }
 
 #: fairseq options that transformers has no field for, carried as ``SSLFrontEnd`` keywords of
@@ -325,23 +349,37 @@ STRUCTURE = {
 #: reaches the CNN feature encoder (0: none reaches it).
 FRONTEND_OPTIONS = {"feature_grad_mult": 1.0}
 
-_MASKING = ("masking of pre-training; the paper calls the model with mask=False, so the written config "
-            "masks nothing (mask_time_prob = mask_feature_prob = 0, apply_spec_augment = false)")
+_MASKING = (
+    "masking of pre-training; the paper calls the model with mask=False, so the written config "
+    "masks nothing (mask_time_prob = mask_feature_prob = 0, apply_spec_augment = false)"
+)
 _OBJECTIVE = "the pre-training objective (quantizer, targets, negatives) only; no effect on the encoder output"
 _TRAINING = "a memory or speed setting of fairseq training (dpda: model.ssl.gradient_checkpointing)"
 
 #: Why the other model options are not carried: option name or name prefix -> reason.
 NOT_CARRIED = {
-    "mask_": _MASKING, "no_mask_": _MASKING, "require_same_masks": _MASKING,
+    "mask_": _MASKING,
+    "no_mask_": _MASKING,
+    "require_same_masks": _MASKING,
     "dropout_features": "dropout on the pre-training targets only; no effect on the encoder output",
-    "final_dim": _OBJECTIVE, "logit_temp": _OBJECTIVE, "quantize_": _OBJECTIVE, "same_quantizer": _OBJECTIVE,
-    "target_glu": _OBJECTIVE, "latent_": _OBJECTIVE, "num_negatives": _OBJECTIVE, "negatives_from_everywhere":
-    _OBJECTIVE, "cross_sample_negatives": _OBJECTIVE, "codebook_negatives": _OBJECTIVE, "quantizer_": _OBJECTIVE,
-    "checkpoint_activations": _TRAINING, "offload_activations": _TRAINING, "min_params_to_wrap": _TRAINING,
+    "final_dim": _OBJECTIVE,
+    "logit_temp": _OBJECTIVE,
+    "quantize_": _OBJECTIVE,
+    "same_quantizer": _OBJECTIVE,
+    "target_glu": _OBJECTIVE,
+    "latent_": _OBJECTIVE,
+    "num_negatives": _OBJECTIVE,
+    "negatives_from_everywhere": _OBJECTIVE,
+    "cross_sample_negatives": _OBJECTIVE,
+    "codebook_negatives": _OBJECTIVE,
+    "quantizer_": _OBJECTIVE,
+    "checkpoint_activations": _TRAINING,
+    "offload_activations": _TRAINING,
+    "min_params_to_wrap": _TRAINING,
     "fp16": _TRAINING,
     "required_seq_len_multiple": "fairseq pads the frames to this multiple and masks the padding: the same output",
     "crop_seq_to_multiple": "fairseq drops the last frames down to a multiple of this (1: none); transformers "
-                            "keeps every frame",
+    "keeps every frame",
     "pos_conv_depth": "positional convolution layers; only 1 exists in transformers (other depths do not map)",
     "max_positions": "not read by the convolutional positional embedding",
 }
@@ -389,8 +427,12 @@ def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wa
     """A ``Wav2Vec2Config`` from transformers-named tensors and fairseq model options."""
     from transformers import Wav2Vec2Config
 
-    required = ["feature_extractor.conv_layers.0.conv.weight", "feature_projection.projection.weight",
-                "encoder.layers.0.feed_forward.intermediate_dense.weight", f"{_POS}.parametrizations.weight.original1"]
+    required = [
+        "feature_extractor.conv_layers.0.conv.weight",
+        "feature_projection.projection.weight",
+        "encoder.layers.0.feed_forward.intermediate_dense.weight",
+        f"{_POS}.parametrizations.weight.original1",
+    ]
     absent = [key for key in required if key not in state]
     if absent:
         raise ValueError(f"the checkpoint lacks the encoder's {', '.join(absent)}")
@@ -452,17 +494,23 @@ def conversion_report(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     there they sit among the training options."""
     options = model_options(cfg)
     hydra = isinstance(dict(cfg or {}).get("model"), Mapping)
-    carried = {fs: {"to": hf, "value": options.get(fs, default), "from": "cfg" if fs in options else "fairseq default"}
-               for fs, (hf, default) in DROPOUTS.items()}
-    carried.update({fs: {"to": hf, "value": options[fs], "from": "cfg"} for fs, hf in STRUCTURE.items() if fs in options})
+    carried = {
+        fs: {"to": hf, "value": options.get(fs, default), "from": "cfg" if fs in options else "fairseq default"}
+        for fs, (hf, default) in DROPOUTS.items()
+    }
+    carried.update(
+        {fs: {"to": hf, "value": options[fs], "from": "cfg"} for fs, hf in STRUCTURE.items() if fs in options}
+    )
     frontend = {name: options.get(name, default) for name, default in FRONTEND_OPTIONS.items()}
     frontend["config_overrides"] = {"layerdrop": carried["encoder_layerdrop"]["value"]}  # dpda's default is 0
     not_carried = {}
     for name, value in options.items():
         if name in carried or name in FRONTEND_OPTIONS or name.startswith("_"):  # "_name": the model class
             continue
-        reason = next((why for key, why in NOT_CARRIED.items()
-                       if name == key or (key.endswith("_") and name.startswith(key))), None)
+        reason = next(
+            (why for key, why in NOT_CARRIED.items() if name == key or (key.endswith("_") and name.startswith(key))),
+            None,
+        )
         if reason is not None or hydra:
             not_carried[name] = {"value": value, "reason": reason or _UNKNOWN}
     task = task_options(cfg)
@@ -474,9 +522,9 @@ def conversion_report(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             "normalize": normalize,
             "sample_rate": int(task.get("sample_rate", 16000)),
             "note": "pre-training " + ("normalised" if normalize else "did not normalise") + " each waveform "
-                    "(fairseq's data loader, not the model, does it); preprocessor_config.json records it as "
-                    "do_normalize for transformers' feature extractor. dpda's front-end never reads that file "
-                    "and normalises only with model.ssl.normalize: true; the paper code feeds raw waveforms.",
+            "(fairseq's data loader, not the model, does it); preprocessor_config.json records it as "
+            "do_normalize for transformers' feature extractor. dpda's front-end never reads that file "
+            "and normalises only with model.ssl.normalize: true; the paper code feeds raw waveforms.",
         },
         "not_carried": not_carried,
     }
@@ -545,17 +593,23 @@ class FairseqConversion:
         """What was carried and what was not, for a person reading the command's output."""
         carried = ", ".join(f"{e['to']}={e['value']}" for fs, e in self.report["carried"].items() if fs in DROPOUTS)
         options = ", ".join(f"{k}: {v}" for k, v in self.report["frontend_options"].items())
-        lines = [f"wrote {self.folder}", f"carried: {carried}",
-                 f"to train it as fairseq runs it, give model.ssl {{{options}}}",
-                 f"input normalisation in pre-training: {self.report['task']['normalize']} (dpda's front-end "
-                 "normalises only with model.ssl.normalize: true)"]
-        lines += [f"not carried: {name}={entry['value']!r}: {entry['reason']}"
-                  for name, entry in self.report["not_carried"].items()]
+        lines = [
+            f"wrote {self.folder}",
+            f"carried: {carried}",
+            f"to train it as fairseq runs it, give model.ssl {{{options}}}",
+            f"input normalisation in pre-training: {self.report['task']['normalize']} (dpda's front-end "
+            "normalises only with model.ssl.normalize: true)",
+        ]
+        lines += [
+            f"not carried: {name}={entry['value']!r}: {entry['reason']}"
+            for name, entry in self.report["not_carried"].items()
+        ]
         return "\n".join(lines + [f"details: {self.folder / REPORT_NAME}"])
 
 
-def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os.PathLike[str],
-                               *, prefix: str = "") -> FairseqConversion:
+def convert_fairseq_checkpoint(
+    src: str | os.PathLike[str], dst_folder: str | os.PathLike[str], *, prefix: str = ""
+) -> FairseqConversion:
     """Write ``src`` (a fairseq checkpoint, or a state dict whose encoder sits under ``prefix``)
     as a ``save_pretrained`` folder loadable by ``SSLFrontEnd``: float32 weights, a
     preprocessor config whose ``do_normalize`` is the checkpoint's ``task.normalize``, and
@@ -568,9 +622,11 @@ def convert_fairseq_checkpoint(src: str | os.PathLike[str], dst_folder: str | os
         raise FileExistsError(f"{dst} exists; remove it or pick another folder")
     state, cfg = load_fairseq_checkpoint(src)
     if not prefix and any(key.removeprefix("module.").startswith(DETECTOR_FRONTEND) for key in state):
-        raise ValueError(f"{src}: a whole detector's state dict (its SSL front-end under '{DETECTOR_FRONTEND}', "
-                         f"as the paper code saves it), not an SSL model; convert it with "
-                         f"`dpda convert-paper {src} DST.safetensors --model NAME`")
+        raise ValueError(
+            f"{src}: a whole detector's state dict (its SSL front-end under '{DETECTOR_FRONTEND}', "
+            f"as the paper code saves it), not an SSL model; convert it with "
+            f"`dpda convert-paper {src} DST.safetensors --model NAME`"
+        )
     config, weights = fairseq_to_transformers(state, cfg, prefix=prefix)
     report = {"source": Path(src).name, **conversion_report(cfg)}
     model = Wav2Vec2Model(config)

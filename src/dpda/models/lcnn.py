@@ -75,8 +75,16 @@ class LFCC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.cat([x[:, :1], x[:, 1:] - self.preemphasis * x[:, :-1]], dim=1)
-        spectrum = torch.stft(x, self.n_fft, self.hop_length, self.frame_length, self.window.to(x.dtype),
-                              center=True, pad_mode="constant", return_complex=True)
+        spectrum = torch.stft(
+            x,
+            self.n_fft,
+            self.hop_length,
+            self.frame_length,
+            self.window.to(x.dtype),
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
         power = spectrum[:, : self.n_bins].abs().square().transpose(1, 2)
         cepstra = torch.log10(power @ self.filterbank.to(x.dtype) + LOG_FLOOR) @ self.dct.to(x.dtype)
         if self.energy:
@@ -123,21 +131,41 @@ class LFCCLCNN(FromConfig, nn.Module):
         super().__init__()
         if 3 * n_coefficients < 16:
             raise ValueError(f"the four 2x2 pools need 3 * n_coefficients >= 16; got {n_coefficients}")
-        self.lfcc = LFCC(frame_length=frame_length, hop_length=hop_length, n_fft=n_fft, n_filters=n_filters,
-                         n_coefficients=n_coefficients, max_freq=max_freq, preemphasis=preemphasis, energy=energy,
-                         sample_rate=sample_rate)
+        self.lfcc = LFCC(
+            frame_length=frame_length,
+            hop_length=hop_length,
+            n_fft=n_fft,
+            n_filters=n_filters,
+            n_coefficients=n_coefficients,
+            max_freq=max_freq,
+            preemphasis=preemphasis,
+            energy=energy,
+            sample_rate=sample_rate,
+        )
         self.transform = nn.Sequential(
-            *_conv_mfm(1, 32, 5), nn.MaxPool2d(2),
-            *_conv_mfm(32, 32, 1), _norm(32), *_conv_mfm(32, 48, 3), nn.MaxPool2d(2), _norm(48),
-            *_conv_mfm(48, 48, 1), _norm(48), *_conv_mfm(48, 64, 3), nn.MaxPool2d(2),
-            *_conv_mfm(64, 64, 1), _norm(64), *_conv_mfm(64, 32, 3), _norm(32),
-            *_conv_mfm(32, 32, 1), _norm(32), *_conv_mfm(32, 32, 3), nn.MaxPool2d(2),
+            *_conv_mfm(1, 32, 5),
+            nn.MaxPool2d(2),
+            *_conv_mfm(32, 32, 1),
+            _norm(32),
+            *_conv_mfm(32, 48, 3),
+            nn.MaxPool2d(2),
+            _norm(48),
+            *_conv_mfm(48, 48, 1),
+            _norm(48),
+            *_conv_mfm(48, 64, 3),
+            nn.MaxPool2d(2),
+            *_conv_mfm(64, 64, 1),
+            _norm(64),
+            *_conv_mfm(64, 32, 3),
+            _norm(32),
+            *_conv_mfm(32, 32, 1),
+            _norm(32),
+            *_conv_mfm(32, 32, 3),
+            nn.MaxPool2d(2),
             nn.Dropout(dropout),
         )
         width = 32 * (3 * n_coefficients // 16)
-        self.blstm = nn.ModuleList(
-            nn.LSTM(width, width // 2, bidirectional=True, batch_first=True) for _ in range(2)
-        )
+        self.blstm = nn.ModuleList(nn.LSTM(width, width // 2, bidirectional=True, batch_first=True) for _ in range(2))
         self.output = nn.Linear(width, 1)
         self.min_samples = 15 * hop_length
 

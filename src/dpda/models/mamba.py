@@ -150,8 +150,15 @@ class Mamba(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_min: float = 0.001,
-        dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan: ScanMethod = "auto",
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan: ScanMethod = "auto",
     ) -> None:
         super().__init__()
         if scan not in SCAN_METHODS:
@@ -173,7 +180,7 @@ class Mamba(nn.Module):
     @torch.no_grad()
     def _init_delta(self, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
         """Start with step sizes log-uniform in [dt_min, dt_max] and a variance-keeping weight."""
-        bound = self.dt_rank ** -0.5
+        bound = self.dt_rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -bound, bound)
         log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         dt = log_dt.exp().clamp(min=dt_init_floor)
@@ -220,8 +227,16 @@ class BiMambaMixer(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, n_layer: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-        norm_eps: float = 1e-5, dropout: float = 0.1, reference_final_add: bool = True, scan: ScanMethod = "auto",
+        self,
+        d_model: int,
+        n_layer: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        norm_eps: float = 1e-5,
+        dropout: float = 0.1,
+        reference_final_add: bool = True,
+        scan: ScanMethod = "auto",
     ) -> None:
         super().__init__()
         if n_layer < 1:
@@ -278,11 +293,31 @@ class MambaBackEnd(ProjectedBackEnd):
     """
 
     def __init__(
-        self, *, ssl_dim: int = 1024, emb_size: int = 144, n_layers: int = 6, d_state: int = 16,
-        d_conv: int = 4, expand: int = 2, norm_eps: float = 1e-5, dropout: float = 0.1,
-        reference_final_add: bool = True, scan: ScanMethod = "auto",
+        self,
+        *,
+        ssl_dim: int = 1024,
+        emb_size: int = 144,
+        n_layers: int = 6,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        norm_eps: float = 1e-5,
+        dropout: float = 0.1,
+        reference_final_add: bool = True,
+        scan: ScanMethod = "auto",
     ) -> None:
-        super().__init__(ssl_dim, emb_size, BiMambaMixer(
-            emb_size, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
-            dropout=dropout, reference_final_add=reference_final_add, scan=scan,
-        ))
+        super().__init__(
+            ssl_dim,
+            emb_size,
+            BiMambaMixer(
+                emb_size,
+                n_layers,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                norm_eps=norm_eps,
+                dropout=dropout,
+                reference_final_add=reference_final_add,
+                scan=scan,
+            ),
+        )

@@ -28,8 +28,13 @@ FAIRSEQ_PREFIX = DETECTOR_FRONTEND
 
 #: xlsr2_300m.pt's saved dropouts and LayerDrop (torchaudio's WAV2VEC2_XLSR_300M bundle, read off
 #: the loaded fairseq model): the values the paper code fine-tuned with.
-XLSR2_300M_OPTIONS = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "dropout_input": 0.0,
-                      "encoder_layerdrop": 0.0}
+XLSR2_300M_OPTIONS = {
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "dropout_input": 0.0,
+    "encoder_layerdrop": 0.0,
+}
 
 
 def check_name(name: str) -> None:
@@ -37,8 +42,9 @@ def check_name(name: str) -> None:
         raise ValueError(f"unknown paper model {name!r}; valid: {', '.join(SSL_BACKENDS)}")
 
 
-def paper_model_parts(name: str, state: Mapping[str, Tensor], ssl_options: Mapping[str, Any] | None = None
-                      ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def paper_model_parts(
+    name: str, state: Mapping[str, Tensor], ssl_options: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The dpda model config and the dpda-named weights of a released paper-code state dict.
 
     ``ssl_options`` are fairseq model options over ``XLSR2_300M_OPTIONS``, for what shapes cannot
@@ -48,8 +54,16 @@ def paper_model_parts(name: str, state: Mapping[str, Tensor], ssl_options: Mappi
     state = {key.removeprefix("module."): value for key, value in state.items()}
     renamed, unmapped = map_fairseq_keys(state, FAIRSEQ_PREFIX)
     config = derive_config(renamed, {**XLSR2_300M_OPTIONS, **(ssl_options or {})})
-    model_config = {"name": name, "ssl": {"source": config.to_dict(), "layer": "last", "freeze": False,
-                                          "normalize": False, "feature_grad_mult": 1.0}}
+    model_config = {
+        "name": name,
+        "ssl": {
+            "source": config.to_dict(),
+            "layer": "last",
+            "freeze": False,
+            "normalize": False,
+            "feature_grad_mult": 1.0,
+        },
+    }
     weights = {f"ssl.model.{k}": v for k, v in renamed.items()}
     weights.update({k: state[k] for k in unmapped})
     weights.update({k: v for k, v in state.items() if k.startswith(SSL_PREFIX) and not k.startswith(FAIRSEQ_PREFIX)})
@@ -74,13 +88,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
     others = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
     if others or not state:
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors); "
-                         f"{'it is empty' if not state else f'entries that are no tensors: {others[:5]}'}")
+        raise ValueError(
+            f"{path}: expected a state dict (a mapping of names to tensors); "
+            f"{'it is empty' if not state else f'entries that are no tensors: {others[:5]}'}"
+        )
     return dict(state)
 
 
-def load_paper_checkpoint(path: str | os.PathLike[str], name: str,
-                          ssl_options: Mapping[str, Any] | None = None) -> SSLDetector:
+def load_paper_checkpoint(
+    path: str | os.PathLike[str], name: str, ssl_options: Mapping[str, Any] | None = None
+) -> SSLDetector:
     """``paper_model`` of the released file ``path``."""
     check_name(name)
     return paper_model(name, read_state_dict(path), ssl_options)

@@ -64,7 +64,9 @@ def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
 def _build(options: dict[str, Any]) -> nn.Module:
     name = options.pop("name", None)
     if name not in MODEL_NAMES:
-        raise ValueError(f"model: unknown name {name!r}{did_you_mean(name, MODEL_NAMES)}; valid names: {', '.join(MODEL_NAMES)}")
+        raise ValueError(
+            f"model: unknown name {name!r}{did_you_mean(name, MODEL_NAMES)}; valid names: {', '.join(MODEL_NAMES)}"
+        )
     if name == CUSTOM:
         target = options.pop("class", None)
         if not isinstance(target, str) or ":" not in target:
@@ -78,6 +80,7 @@ def _build(options: dict[str, Any]) -> nn.Module:
         factory = _load(RAW_MODELS[name])
         if name == "aasist_l":
             from dpda.models.aasist import AASIST_L_CONFIG
+
             options = {**AASIST_L_CONFIG, **options}
         return factory(**checked_options(factory, options, f"model {name!r}"))
     from dpda.models.detector import SSLDetector
@@ -103,8 +106,10 @@ def _build(options: dict[str, Any]) -> nn.Module:
     backend_factory = _load(SSL_BACKENDS[name])
     options.setdefault("ssl_dim", frontend.output_dim)
     if options["ssl_dim"] != frontend.output_dim:
-        raise ValueError(f"model {name!r}: ssl_dim {options['ssl_dim']} differs from the front-end's "
-                         f"width {frontend.output_dim}; leave it out")
+        raise ValueError(
+            f"model {name!r}: ssl_dim {options['ssl_dim']} differs from the front-end's "
+            f"width {frontend.output_dim}; leave it out"
+        )
     backend = backend_factory(**checked_options(backend_factory, options, f"model {name!r}"))
     return SSLDetector(frontend, backend)
 

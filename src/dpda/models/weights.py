@@ -22,11 +22,16 @@ def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> N
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
-    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     if unexpected or missing or wrong:
-        raise ValueError(f"{source} does not fit the model: keys without a place {_listed(unexpected)}; "
-                         f"weights not filled {_listed(missing)}; shape mismatches {_listed(wrong)}")
+        raise ValueError(
+            f"{source} does not fit the model: keys without a place {_listed(unexpected)}; "
+            f"weights not filled {_listed(missing)}; shape mismatches {_listed(wrong)}"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -44,6 +49,8 @@ def load_init(model: nn.Module, path: str | os.PathLike[str]) -> None:
     try:
         state = load_file(path)
     except SafetensorError as error:
-        raise ValueError(f"model.init: {path} is not a safetensors file ({error}); dpda never unpickles weights: "
-                         "convert a released .pth with `dpda convert-paper`") from None
+        raise ValueError(
+            f"model.init: {path} is not a safetensors file ({error}); dpda never unpickles weights: "
+            "convert a released .pth with `dpda convert-paper`"
+        ) from None
     load_strict(model, state, f"model.init {path}")

@@ -184,8 +184,14 @@ class ConflictMeter:
 
     def state_dict(self) -> dict[str, float | int]:
         """The counters, for a training state that resumes mid-epoch."""
-        return {"steps": self.steps, "skipped_steps": self.skipped_steps, "flagged_steps": self.flagged_steps,
-                "conflicts": self.conflicts, "cosine_sum": self._cosine_sum, "cosine_count": self._cosine_count}
+        return {
+            "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "flagged_steps": self.flagged_steps,
+            "conflicts": self.conflicts,
+            "cosine_sum": self._cosine_sum,
+            "cosine_count": self._cosine_count,
+        }
 
     def load_state_dict(self, state: Mapping[str, float | int]) -> None:
         self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
@@ -205,8 +211,14 @@ class ConflictMeter:
     def as_dict(self) -> dict[str, float | int]:
         """``conflict_rate``, ``mean_cosine``, ``steps``, ``skipped_steps``, and the counts the rate
         is made of (``conflicts`` of ``flagged_steps``), so epochs can be pooled exactly."""
-        return {"conflict_rate": self.rate, "mean_cosine": self.mean_cosine, "steps": self.steps,
-                "skipped_steps": self.skipped_steps, "conflicts": self.conflicts, "flagged_steps": self.flagged_steps}
+        return {
+            "conflict_rate": self.rate,
+            "mean_cosine": self.mean_cosine,
+            "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "conflicts": self.conflicts,
+            "flagged_steps": self.flagged_steps,
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +242,7 @@ def read_csv(path: str | os.PathLike[str]) -> dict[str, list[float | None]]:
                 try:
                     column.append(float(cell) if cell else None)
                 except ValueError:
-                    raise ValueError(f"{path}:{line}: column {header[position]!r}: not a number: "
-                                     f"{cell!r}") from None
+                    raise ValueError(f"{path}:{line}: column {header[position]!r}: not a number: {cell!r}") from None
     return dict(zip(header, columns))
 
 
@@ -257,8 +268,7 @@ def _write_rows(path: Path, header: list[str], rows: Iterable[list[str]]) -> Non
 class _CsvTable:
     """One CSV file of the run: index columns, then value columns added as keys appear."""
 
-    def __init__(self, path: Path, index: tuple[str, ...], keep: bool, upto: int | None,
-                 flush_secs: float) -> None:
+    def __init__(self, path: Path, index: tuple[str, ...], keep: bool, upto: int | None, flush_secs: float) -> None:
         self.path = path
         self.index = index
         self.flush_secs = flush_secs
@@ -266,7 +276,7 @@ class _CsvTable:
         rows: list[list[str]] = []
         if keep and path.exists():
             header, rows = self._kept_rows(upto)
-            self.columns = {key: position for position, key in enumerate(header[len(index):])}
+            self.columns = {key: position for position, key in enumerate(header[len(index) :])}
         _write_rows(path, self.header, rows)
         self._open()
 
@@ -278,9 +288,11 @@ class _CsvTable:
         with open(self.path, newline="", encoding="utf-8") as file:
             reader = csvlib.reader(file)
             header = next(reader, None) or list(self.index)
-            if tuple(header[:len(self.index)]) != self.index or len(set(header)) != len(header):
-                raise ValueError(f"{self.path}: header {header} is not one this logger wrote "
-                                 f"(it starts with {list(self.index)}, names unique)")
+            if tuple(header[: len(self.index)]) != self.index or len(set(header)) != len(header):
+                raise ValueError(
+                    f"{self.path}: header {header} is not one this logger wrote "
+                    f"(it starts with {list(self.index)}, names unique)"
+                )
             rows, dropped = [], 0
             for row in reader:
                 try:
@@ -292,8 +304,9 @@ class _CsvTable:
                 elif upto is None or position <= upto:
                     rows.append(row)
         if dropped:
-            warnings.warn(f"{self.path}: dropped {dropped} malformed row(s) (cut short by a crash?)",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"{self.path}: dropped {dropped} malformed row(s) (cut short by a crash?)", RuntimeWarning, stacklevel=4
+            )
         return header, rows
 
     def _open(self) -> None:
@@ -348,16 +361,22 @@ class _EventWriter:
             from tensorboard.compat.proto.summary_pb2 import Summary
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise ImportError("TensorBoard logging needs the tensorboard package (pip install tensorboard); "
-                              "or turn it off (logging.tensorboard: false)") from error
+            raise ImportError(
+                "TensorBoard logging needs the tensorboard package (pip install tensorboard); "
+                "or turn it off (logging.tensorboard: false)"
+            ) from error
         if not keep and folder.is_dir():
             for old in folder.glob("events.out.tfevents.*"):
                 old.unlink()
         self.summary = Summary
         self.prefix = prefix
         self.tags: dict[str, str] = {}
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=None if resume is None else resume + 1,
-                                    max_queue=1000, flush_secs=max(1, round(flush_secs)))
+        self.writer = SummaryWriter(
+            log_dir=str(folder),
+            purge_step=None if resume is None else resume + 1,
+            max_queue=1000,
+            flush_secs=max(1, round(flush_secs)),
+        )
 
     def add(self, step: int, values: Mapping[str, Any]) -> None:
         summary = self.summary()
@@ -413,9 +432,17 @@ class RunLogger:
     2,0,0.25,0,,0.0001
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, tensorboard: bool = True, csv: bool = True,
-                 enabled: bool = True, resume_step: int | None = None, resume_epoch: int | None = None,
-                 flush_secs: float = 10.0) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        tensorboard: bool = True,
+        csv: bool = True,
+        enabled: bool = True,
+        resume_step: int | None = None,
+        resume_epoch: int | None = None,
+        flush_secs: float = 10.0,
+    ) -> None:
         self.enabled = bool(enabled)
         self.folder = Path(folder)
         self._closed = False
@@ -433,8 +460,7 @@ class RunLogger:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             if csv:
-                self._steps_csv = _CsvTable(self.folder / STEPS_CSV, ("step", "epoch"), keep, resume_step,
-                                            flush_secs)
+                self._steps_csv = _CsvTable(self.folder / STEPS_CSV, ("step", "epoch"), keep, resume_step, flush_secs)
                 self._epochs_csv = _CsvTable(self.folder / EPOCHS_CSV, ("epoch",), keep, resume_epoch, flush_secs)
             if tensorboard:
                 root = self.folder / TENSORBOARD_DIR
@@ -491,8 +517,9 @@ class RunLogger:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 

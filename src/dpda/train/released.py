@@ -21,12 +21,15 @@ from dpda.models.weights import load_strict
 
 #: How the paper code scores (main.py, data_utils.py): the bona fide logit of the first 66,800
 #: samples, repeated when shorter; the experiment config of a converted checkpoint says so.
-PAPER_SCORING = {"data": {"crop_length": 66800, "crop_policy": "head"},
-                 "eval": {"score": "bonafide_logit", "max_seconds": 4.175}}
+PAPER_SCORING = {
+    "data": {"crop_length": 66800, "crop_policy": "head"},
+    "eval": {"score": "bonafide_logit", "max_seconds": 4.175},
+}
 
 
-def convert_paper_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str,
-                             ssl_options: Mapping[str, Any] | None = None) -> Path:
+def convert_paper_checkpoint(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str, ssl_options: Mapping[str, Any] | None = None
+) -> Path:
     """Write the released file ``src`` as the dpda checkpoint ``dst`` (``.safetensors``, with its
     ``.json``; an existing one is kept): the model's weights and, as metadata, an experiment
     config (``PAPER_SCORING``, the model config of ``paper_model_parts``) and the source's name.

@@ -19,8 +19,9 @@ from dpda.train.trainer import run_dir_for, train
 def metrics_of(results: Mapping[str, Any]) -> dict[str, float]:
     """The comparable numbers of one run: dev loss and EER, each eval set's EER, best epoch."""
     values = {f"dev_{key}": value for key, value in (results.get("dev") or {}).items()}
-    values.update({f"eval/{name}/eer": entry["eer"] for name, entry in results.get("eval", {}).items()
-                   if "eer" in entry})
+    values.update(
+        {f"eval/{name}/eer": entry["eer"] for name, entry in results.get("eval", {}).items() if "eer" in entry}
+    )
     values["best_epoch"] = results["best_epoch"]
     return {key: float(value) for key, value in values.items()}
 
@@ -43,8 +44,11 @@ def summary_markdown(name: str, summary: Mapping[str, Any]) -> str:
     for key, entry in summary["metrics"].items():
         show = (lambda v: f"{v:.2%}") if "eer" in key else (lambda v: f"{v:.4g}")
         rows.append([key, show(entry["mean"]), show(entry["std"]), ", ".join(show(v) for v in entry["values"])])
-    lines = [f"# {name}: {len(summary['seeds'])} seed(s) ({', '.join(map(str, summary['seeds']))})", "",
-             *table(["metric", "mean", "std", "per seed"], rows)]
+    lines = [
+        f"# {name}: {len(summary['seeds'])} seed(s) ({', '.join(map(str, summary['seeds']))})",
+        "",
+        *table(["metric", "mean", "std", "per seed"], rows),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -65,7 +69,9 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> dict[str, Any
     summary = summarise(runs)
     if int(os.environ.get("RANK", "0")) == 0:
         folder = Path(config.output_dir) / config.name
-        for name, text in (("summary.json", json.dumps(summary, indent=1)),
-                           ("summary.md", summary_markdown(config.name, summary))):
+        for name, text in (
+            ("summary.json", json.dumps(summary, indent=1)),
+            ("summary.md", summary_markdown(config.name, summary)),
+        ):
             write_text_atomic(folder / name, text)
     return summary

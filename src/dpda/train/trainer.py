@@ -167,8 +167,10 @@ class Trainer:
         elif config is None:
             raise TrainingError("a config is required to start a run")
         elif (self.run_dir / "config.yaml").exists():
-            raise TrainingError(f"{self.run_dir} already holds a run; continue it with `dpda train --resume "
-                                f"{self.run_dir}` or choose another name/output_dir")
+            raise TrainingError(
+                f"{self.run_dir} already holds a run; continue it with `dpda train --resume "
+                f"{self.run_dir}` or choose another name/output_dir"
+            )
         self.config = config
         if config.data.train is None:
             raise TrainingError("data.train: a training protocol is required (see configs/default.yaml)")
@@ -178,8 +180,10 @@ class Trainer:
         self.device = choose_device(train.device, self.ranks)
         per_step = train.accumulation * self.ranks.world
         if train.batch_size % per_step:
-            raise TrainingError(f"train.batch_size {train.batch_size} is not divisible by accumulation "
-                                f"{train.accumulation} x {self.ranks.world} process(es)")
+            raise TrainingError(
+                f"train.batch_size {train.batch_size} is not divisible by accumulation "
+                f"{train.accumulation} x {self.ranks.world} process(es)"
+            )
         self.micro_batch = train.batch_size // per_step
         if train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -190,8 +194,7 @@ class Trainer:
         progress = config.logging.progress and self.ranks.main
         check = config.data.validate
         self.train_records = read_dataset(config.data.train, "train", check, progress=progress)
-        self.dev_records = (read_dataset(config.data.dev, "dev", check, progress=progress)
-                            if config.data.dev else None)
+        self.dev_records = read_dataset(config.data.dev, "dev", check, progress=progress) if config.data.dev else None
         self.eval_sets = read_eval_sets(config.eval.sets, check, progress) if self.ranks.main else []
 
         torch.manual_seed(config.seed)  # the model's initial weights
@@ -213,28 +216,50 @@ class Trainer:
         except (ValueError, TypeError) as error:
             raise TrainingError(f"dualpath.aligner: {error}") from error
         self.engine = DualPathStep(
-            self.forward_model, self.optimizer, aligner, loss=WeightedCrossEntropy(dual.class_weights),
-            mode=dual.mode, precision=dual.precision, max_grad_norm=dual.max_grad_norm,
+            self.forward_model,
+            self.optimizer,
+            aligner,
+            loss=WeightedCrossEntropy(dual.class_weights),
+            mode=dual.mode,
+            precision=dual.precision,
+            max_grad_norm=dual.max_grad_norm,
             loss_scaler=LossScaler() if dual.precision == "fp16" else None,
-            zero_missing_grads=dual.zero_missing_grads)
+            zero_missing_grads=dual.zero_missing_grads,
+        )
         self.augment_rng = torch.Generator(self.device).manual_seed(config.seed * 1_000_003 + self.ranks.rank)
         data = config.data
-        dataset: Dataset = AudioDataset(self.train_records, dataset_root(data.train), length=data.crop_length,
-                                        crop=data.crop_policy, sample_rate=data.sample_rate, seed=config.seed)
+        dataset: Dataset = AudioDataset(
+            self.train_records,
+            dataset_root(data.train),
+            length=data.crop_length,
+            crop=data.crop_policy,
+            sample_rate=data.sample_rate,
+            seed=config.seed,
+        )
         in_loader = config.augment.where == "loader"
         if in_loader:
             dataset = PairedDataset(dataset, self.chain, config.augment.order, config.seed)
-        self.loader = ResumableLoader(dataset, self.micro_batch, shuffle=True, seed=config.seed,
-                                      num_workers=data.workers, drop_last=True, rank=self.ranks.rank,
-                                      world_size=self.ranks.world, pin_memory=self.device.type == "cuda",
-                                      collate_fn=collate_pairs if in_loader else None)
+        self.loader = ResumableLoader(
+            dataset,
+            self.micro_batch,
+            shuffle=True,
+            seed=config.seed,
+            num_workers=data.workers,
+            drop_last=True,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=collate_pairs if in_loader else None,
+        )
         micro_batches = len(self.loader.sampler) // self.micro_batch
         self.steps_per_epoch = micro_batches // train.accumulation
         if train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"train data: {len(self.train_records)} utterances make no full step of "
-                                f"{train.batch_size} per path; lower train.batch_size")
+            raise TrainingError(
+                f"train data: {len(self.train_records)} utterances make no full step of "
+                f"{train.batch_size} per path; lower train.batch_size"
+            )
         self.best = BestCheckpoints(self.run_dir / "checkpoints", train.n_best)
         self.progress = Progress(history=[])
         self.meter = ConflictMeter()
@@ -244,10 +269,14 @@ class Trainer:
         elif self.ranks.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-        self.logger = RunLogger(self.run_dir, tensorboard=config.logging.tensorboard, csv=config.logging.csv,
-                                enabled=self.ranks.main,
-                                resume_step=self.progress.step if resume else None,
-                                resume_epoch=self.progress.epoch if resume else None)
+        self.logger = RunLogger(
+            self.run_dir,
+            tensorboard=config.logging.tensorboard,
+            csv=config.logging.csv,
+            enabled=self.ranks.main,
+            resume_step=self.progress.step if resume else None,
+            resume_epoch=self.progress.epoch if resume else None,
+        )
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -271,9 +300,14 @@ class Trainer:
             self.sums = {"seconds": 0.0}
         epoch_started = time.monotonic()
         total = self.config.train.epochs * self.steps_per_epoch
-        bar = tqdm(total=self.steps_per_epoch, initial=progress.epoch_step, unit="step", leave=False,
-                   desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
-                   disable=not (config.logging.progress and self.ranks.main))
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=progress.epoch_step,
+            unit="step",
+            leave=False,
+            desc=f"epoch {progress.epoch + 1}/{config.train.epochs}",
+            disable=not (config.logging.progress and self.ranks.main),
+        )
         started, utterances = time.monotonic(), 0
         micro = 0
         for audio, augmented, labels in self._batches():
@@ -294,12 +328,16 @@ class Trainer:
                 if stats[key] is not None and math.isfinite(stats[key]):
                     self.sums[key] = self.sums.get(key, 0.0) + stats[key]
             if progress.step % config.logging.every_steps == 0:
-                self.logger.log_step(progress.step, progress.epoch + 1,
-                                     {**stats, "lr": lr, **summarise_augmentation(augmented.params)})
+                self.logger.log_step(
+                    progress.step, progress.epoch + 1, {**stats, "lr": lr, **summarise_augmentation(augmented.params)}
+                )
             bar.update()
-            bar.set_postfix(loss_o=f"{stats['loss_orig']:.3f}", loss_a=f"{stats['loss_aug']:.3f}",
-                            conflict=f"{self.meter.rate:.0%}" if self.meter.steps else "-",
-                            utt_s=f"{utterances / max(1e-9, time.monotonic() - started):.0f}")
+            bar.set_postfix(
+                loss_o=f"{stats['loss_orig']:.3f}",
+                loss_a=f"{stats['loss_aug']:.3f}",
+                conflict=f"{self.meter.rate:.0%}" if self.meter.steps else "-",
+                utt_s=f"{utterances / max(1e-9, time.monotonic() - started):.0f}",
+            )
             every = config.train.save_every_steps
             if every and progress.step % every == 0 and progress.epoch_step < self.steps_per_epoch:
                 self.sums["seconds"] = self.sums.get("seconds", 0.0) + time.monotonic() - epoch_started
@@ -327,11 +365,15 @@ class Trainer:
     def _end_epoch(self) -> None:
         progress, train = self.progress, self.config.train
         steps = max(1, progress.epoch_step)
-        record: dict[str, Any] = {"epoch": progress.epoch + 1, "step": progress.step,
-                                  "train_loss_orig": self.sums.get("loss_orig", math.nan) / steps,
-                                  "train_loss_aug": self.sums.get("loss_aug", math.nan) / steps,
-                                  **self.meter.as_dict(), "lr": self.optimizer.param_groups[0]["lr"],
-                                  "train_seconds": self.sums.get("seconds", 0.0)}
+        record: dict[str, Any] = {
+            "epoch": progress.epoch + 1,
+            "step": progress.step,
+            "train_loss_orig": self.sums.get("loss_orig", math.nan) / steps,
+            "train_loss_aug": self.sums.get("loss_aug", math.nan) / steps,
+            **self.meter.as_dict(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_seconds": self.sums.get("seconds", 0.0),
+        }
         if self.dev_records is not None:
             record.update(self._dev_metrics())
             metric = record["dev_loss"]
@@ -351,11 +393,15 @@ class Trainer:
         progress.epoch_step = 0
         self._save_state()
         if self.config.logging.progress and self.ranks.main:
-            dev = (f", dev loss {record['dev_loss']:.4f}, dev EER {record['dev_eer']:.2%}"
-                   if "dev_loss" in record else "")
-            print(f"epoch {record['epoch']}: train loss {record['train_loss_orig']:.4f}/"
-                  f"{record['train_loss_aug']:.4f} (orig/aug), conflicts {record['conflict_rate']:.1%}{dev}"
-                  f"{' (best)' if improved else ''}", flush=True)
+            dev = (
+                f", dev loss {record['dev_loss']:.4f}, dev EER {record['dev_eer']:.2%}" if "dev_loss" in record else ""
+            )
+            print(
+                f"epoch {record['epoch']}: train loss {record['train_loss_orig']:.4f}/"
+                f"{record['train_loss_aug']:.4f} (orig/aug), conflicts {record['conflict_rate']:.1%}{dev}"
+                f"{' (best)' if improved else ''}",
+                flush=True,
+            )
 
     def _dev_metrics(self, with_scores: bool = False) -> Any:
         """Dev loss (the training loss, class weights included; pooled or per batch by
@@ -366,8 +412,7 @@ class Trainer:
         batch = train.dev_batch_size if train.dev_loss == "batch_mean" else None
         loss = set_loss(WeightedCrossEntropy(self.config.dualpath.class_weights), logits, labels, batch)
         scores, labels = scores_from_logits(logits, self.config.eval.score).numpy(), labels.numpy()
-        metrics = {"dev_loss": loss,
-                   "dev_eer": float(eer(scores[labels == 1], scores[labels == 0])[0])}
+        metrics = {"dev_loss": loss, "dev_eer": float(eer(scores[labels == 1], scores[labels == 0])[0])}
         return (metrics, scores, labels) if with_scores else metrics
 
     def _predict(self, records: list, root: Path, length: int | None, crop: str) -> tuple[list[str], Any, Any]:
@@ -375,15 +420,19 @@ class Trainer:
         dataset = AudioDataset(records, root, length=length, crop=crop, sample_rate=self.config.data.sample_rate)
         shard = list(range(self.ranks.rank, len(records), self.ranks.world))
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, shard), batch_size=self.config.eval.batch_size,
-            num_workers=self.config.data.workers, collate_fn=collate)
+            torch.utils.data.Subset(dataset, shard),
+            batch_size=self.config.eval.batch_size,
+            num_workers=self.config.data.workers,
+            collate_fn=collate,
+        )
         ids, logits, labels = predict(self.model, loader, self.device, AUTOCAST[self.config.dualpath.precision])
         if self.ranks.world > 1:
             parts: list[Any] = [None] * self.ranks.world
             dist.all_gather_object(parts, (ids, logits, labels))
             order = {record.utt_id: i for i, record in enumerate(records)}
-            merged = sorted(((utt, lg, lb) for part in parts for utt, lg, lb in zip(*part)),
-                            key=lambda item: order[item[0]])
+            merged = sorted(
+                ((utt, lg, lb) for part in parts for utt, lg, lb in zip(*part)), key=lambda item: order[item[0]]
+            )
             ids = [utt for utt, _, _ in merged]
             logits = torch.stack([lg for _, lg, _ in merged])
             labels = torch.stack([lb for _, _, lb in merged])
@@ -397,11 +446,17 @@ class Trainer:
             self.model.load_state_dict(average_weights(self.best.paths))
         if self.ranks.world > 1:
             broadcast_module_(self.model)
-        results: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed,
-                                   "paper_row": self.config.paper_row, "epochs": self.progress.epoch,
-                                   "steps": self.progress.step, "best_epoch": self.progress.best_epoch,
-                                   "skipped_steps": self.engine.skipped_steps, "averaged_epochs": averaged,
-                                   **_pooled(self.progress.history)}
+        results: dict[str, Any] = {
+            "name": self.config.name,
+            "seed": self.config.seed,
+            "paper_row": self.config.paper_row,
+            "epochs": self.progress.epoch,
+            "steps": self.progress.step,
+            "best_epoch": self.progress.best_epoch,
+            "skipped_steps": self.engine.skipped_steps,
+            "averaged_epochs": averaged,
+            **_pooled(self.progress.history),
+        }
         calibration = None
         if self.dev_records is not None:
             results["dev"], scores, labels = self._dev_metrics(with_scores=True)
@@ -413,8 +468,9 @@ class Trainer:
             save_weights(self.run_dir / "final.safetensors", self.model.state_dict(), meta)
             if self.config.eval.sets:
                 detector = Detector(self.model.eval(), self.config, calibration, self.run_dir / "final.safetensors")
-                evaluated = evaluate_sets(detector, self.eval_sets, self.run_dir, self.device,
-                                          progress=self.config.logging.progress)
+                evaluated = evaluate_sets(
+                    detector, self.eval_sets, self.run_dir, self.device, progress=self.config.logging.progress
+                )
                 results["eval"] = evaluated["sets"]
             results["history"] = self.progress.history
             _write_json(self.run_dir / "results.json", results)
@@ -424,12 +480,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _meta(self, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return {"config": config_to_dict(self.config), "model": dict(self.config.model),
-                "epoch": self.progress.epoch + 1, "step": self.progress.step, "metrics": dict(extra)}
+        return {
+            "config": config_to_dict(self.config),
+            "model": dict(self.config.model),
+            "epoch": self.progress.epoch + 1,
+            "step": self.progress.step,
+            "metrics": dict(extra),
+        }
 
     def _rank_state(self) -> dict[str, Any]:
-        return {"rng": capture_rng(), "augment_rng": self.augment_rng.get_state(),
-                "loader": self.loader.state_dict()}
+        return {"rng": capture_rng(), "augment_rng": self.augment_rng.get_state(), "loader": self.loader.state_dict()}
 
     def _save_state(self) -> None:
         """The whole training state, written by rank 0 (with every rank's RNGs gathered)."""
@@ -440,10 +500,17 @@ class Trainer:
         if not self.ranks.main:
             return
         progress = {k: v for k, v in vars(self.progress).items()}
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "engine": self.engine.state_dict(), "ranks": ranks, "progress": progress,
-                 "best": self.best.state_dict(), "meter": self.meter.state_dict(), "sums": dict(self.sums),
-                 "world": self.ranks.world}
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "engine": self.engine.state_dict(),
+            "ranks": ranks,
+            "progress": progress,
+            "best": self.best.state_dict(),
+            "meter": self.meter.state_dict(),
+            "sums": dict(self.sums),
+            "world": self.ranks.world,
+        }
         self.logger.flush()  # the logs then cover at least every step the saved state has done
         save_state(self.run_dir / "state", state)
 
@@ -453,8 +520,10 @@ class Trainer:
             raise TrainingError(f"{self.run_dir} has no saved training state (state/) to resume from")
         state = load_state(folder)
         if state["world"] != self.ranks.world:
-            raise TrainingError(f"{folder} was saved by {state['world']} process(es); resume with the same number "
-                                f"(now {self.ranks.world})")
+            raise TrainingError(
+                f"{folder} was saved by {state['world']} process(es); resume with the same number "
+                f"(now {self.ranks.world})"
+            )
         check_architecture(self.model, state["model"], folder)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -474,17 +543,22 @@ def _warn_inexact_batchnorm(model: nn.Module, accumulation: int, world: int) -> 
     that of one batch of ``train.batch_size`` (everything else is exact): say so before training."""
     norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     if (accumulation > 1 or world > 1) and any(isinstance(m, norms) for m in model.modules()):
-        warnings.warn(f"train.accumulation {accumulation} x {world} process(es) with a BatchNorm model: each "
-                      "micro-batch is normalised by its own statistics and updates the running ones once, so "
-                      "the step is not exactly that of one batch of train.batch_size (it is with accumulation 1 "
-                      "on one process)", stacklevel=3)
+        warnings.warn(
+            f"train.accumulation {accumulation} x {world} process(es) with a BatchNorm model: each "
+            "micro-batch is normalised by its own statistics and updates the running ones once, so "
+            "the step is not exactly that of one batch of train.batch_size (it is with accumulation 1 "
+            "on one process)",
+            stacklevel=3,
+        )
 
 
 def _pooled(history: list[dict[str, Any]]) -> dict[str, float]:
     """Conflict rate over all epochs' steps with a defined flag, and the training wall time."""
     flagged = sum(record.get("flagged_steps", 0) for record in history)
-    return {"conflict_rate": sum(record.get("conflicts", 0) for record in history) / flagged if flagged else math.nan,
-            "train_seconds": sum(record.get("train_seconds", 0.0) for record in history)}
+    return {
+        "conflict_rate": sum(record.get("conflicts", 0) for record in history) / flagged if flagged else math.nan,
+        "train_seconds": sum(record.get("train_seconds", 0.0) for record in history),
+    }
 
 
 def _resumable_config(run_dir: Path) -> ExperimentConfig:
@@ -521,5 +595,3 @@ def train(config: ExperimentConfig | None, run_dir: Path | None = None, *, resum
     except DataError as error:
         raise TrainingError(str(error)) from error
     return trainer.fit()
-
-
