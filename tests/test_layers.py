@@ -14,6 +14,7 @@ LAYERS = {
     "dpda": 0,
     "atomic": 0,
     "suggest": 0,
+    "errors": 0,
     "markdown": 0,
     "names": 0,
     "align": 0,

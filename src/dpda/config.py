@@ -25,13 +25,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from dpda.atomic import write_text_atomic
+from dpda.errors import DpdaError
 from dpda.names import DATASET_KINDS, AugmentOrder, CropPolicy, Mode, Precision, ScoreKind
 from dpda.suggest import did_you_mean
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(DpdaError, ValueError):
     """A config value that is missing, unknown, of the wrong type or out of range."""
 
     def __init__(self, key: str, problem: str, source: str = "<config>") -> None:

@@ -53,6 +53,7 @@ from dpda.data.dataset import collate
 from dpda.data.sets import DataError, dataset_root, read_dataset
 from dpda.dualpath import DualPathStep, LossScaler, WeightedCrossEntropy, set_loss
 from dpda.dualpath.sync import broadcast_module_
+from dpda.errors import DpdaError
 from dpda.evaluate import eer
 from dpda.evaluate.calibration import fit_calibration
 from dpda.evaluate.evaluation import Detector, evaluate_sets, read_eval_sets
@@ -64,7 +65,7 @@ from dpda.train.paired import PairedDataset, collate_pairs
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DpdaError, RuntimeError):
     """A run that cannot start or continue as asked (existing folder, missing state, bad batch)."""
 
 
