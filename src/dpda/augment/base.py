@@ -27,12 +27,19 @@ class Augmentation(nn.Module, ABC):
 
     Every random draw comes from ``generator`` (a ``torch.Generator`` on the batch's device), so
     a seeded run repeats and resumes exactly. ``augment`` returns the audio with the drawn
-    parameters; calling the module returns the audio only.
+    parameters; calling the module returns the audio only. ``param_names`` declares the
+    parameters' keys before any batch is drawn.
     """
 
     @abstractmethod
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         """Augment a (B, T) batch."""
+
+    @abstractmethod
+    def param_names(self) -> tuple[str, ...]:
+        """Every key ``augment`` can put in ``params``, in the order it puts them, from the options
+        alone: the training log fixes its columns before the first batch. A batch may hold a
+        subset (a chain stage that selected no utterance), never another key."""
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.augment(x, generator).audio

@@ -103,6 +103,10 @@ def _prefixed(label: str, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {f"{label}.{key}": value for key, value in params.items()}
 
 
+def _prefixed_names(label: str, augmentation: Augmentation) -> tuple[str, ...]:
+    return tuple(f"{label}.{name}" for name in augmentation.param_names())
+
+
 def _label(augmentation: Augmentation) -> str:
     return getattr(augmentation, "name", "") or type(augmentation).__name__.lower()
 
@@ -125,7 +129,8 @@ class AugmentationChain(Augmentation):
 
     The selection is drawn per utterance and stage. Parameters are ``<label>.applied`` (bool)
     and the stages' own, prefixed with the stage label (``noise.snr_db``); a stage applied to no
-    utterance of a batch adds only ``<label>.applied``.
+    utterance of a batch adds only ``<label>.applied``. ``param_names`` declares them all before
+    the first batch, so the training log's columns are fixed before the first step.
     """
 
     name = "chain"
@@ -135,6 +140,16 @@ class AugmentationChain(Augmentation):
         self.probabilities = [_check_probability(f"stages[{i}].p", p) for i, (_, p) in enumerate(stages)]
         self.stages = nn.ModuleList([augmentation for augmentation, _ in stages])
         self.labels = _labels_for(list(self.stages), names)
+
+    def param_names(self) -> tuple[str, ...]:
+        """Stage by stage, ``<label>.applied`` then the stage's names prefixed with its label: every
+        key a batch can hold, in ``augment``'s order; a batch holds them all when every stage
+        selected some utterance (and every ``OneOf`` choice was drawn), a subset otherwise."""
+        return tuple(
+            name
+            for label, augmentation in zip(self.labels, self.stages)
+            for name in (f"{label}.applied", *_prefixed_names(label, augmentation))
+        )
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
@@ -151,7 +166,8 @@ class AugmentationChain(Augmentation):
 class OneOf(Augmentation):
     """Exactly one of the ``(augmentation, weight)`` choices per utterance, drawn by weight.
 
-    Parameters: ``choice`` (index of the choice) and the choices' own, prefixed with their labels.
+    Parameters: ``choice`` (index of the choice) and the choices' own, prefixed with their labels;
+    a choice no utterance of a batch drew adds none of its own.
     """
 
     name = ONE_OF
@@ -166,6 +182,10 @@ class OneOf(Augmentation):
         self.choices = nn.ModuleList([augmentation for augmentation, _ in choices])
         self.labels = _labels_for(list(self.choices), names)
         self.cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0) / sum(weights)
+
+    def param_names(self) -> tuple[str, ...]:
+        """``choice``, then every choice's names prefixed with its label, whichever are drawn."""
+        return ("choice", *(name for label, c in zip(self.labels, self.choices) for name in _prefixed_names(label, c)))
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)

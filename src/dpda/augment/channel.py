@@ -38,6 +38,9 @@ class BandLimit(Augmentation):
         self.rates_hz = [int(rate) for rate in rates_hz]
         self.sample_rate = sample_rate
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("rate_hz", "cutoff_hz")
+
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         batch, length = x.shape
@@ -73,6 +76,9 @@ class Speed(Augmentation):
                 f"factors: speed factors must be finite and at least {1 / MAX_SPEED_DENOMINATOR}, got {factors}"
             )
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("speed",)
+
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         batch, length = x.shape
@@ -94,6 +100,9 @@ class Gain(Augmentation):
     def __init__(self, gain_db: Sequence[float] = (-6.0, 6.0)) -> None:
         super().__init__()
         self.gain_db = check_range("gain_db", gain_db)
+
+    def param_names(self) -> tuple[str, ...]:
+        return ("gain_db",)
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)

@@ -183,6 +183,10 @@ class Codec(Augmentation):
         self.sample_rate = sample_rate
         self.workers = workers
 
+    def param_names(self) -> tuple[str, ...]:
+        """All three whatever ``codecs``: a setting the drawn codec lacks is NaN."""
+        return ("codec_id", "bitrate_kbps", "quality")
+
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         batch, device = x.shape[0], x.device

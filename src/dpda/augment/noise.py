@@ -68,6 +68,10 @@ class AdditiveNoise(Augmentation):
             for c in self.categories
         ]
 
+    def param_names(self) -> tuple[str, ...]:
+        """All four whatever the categories (``num_sources`` is 1 without babble)."""
+        return ("snr_db", "category", "noise_index", "num_sources")
+
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         batch, length = x.shape

@@ -201,6 +201,10 @@ class RawBoost(Augmentation):
     def extra_repr(self) -> str:
         return f"algo={self.algo} ({ALGORITHMS[self.algo]}), sample_rate={self.sample_rate}"
 
+    def param_names(self) -> tuple[str, ...]:
+        """All nine whatever ``algo``: the noises it does not run are NaN."""
+        return tuple(self.param_shapes())
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each recorded parameter's shape after the batch dimension."""
         orders, bands = self.n_orders, self.n_bands

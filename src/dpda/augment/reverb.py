@@ -48,6 +48,9 @@ class Reverberation(Augmentation):
         self.rescale = rescale
         self.bank = ClipBank(folder, "folder", sample_rate, extensions, cache_mb)
 
+    def param_names(self) -> tuple[str, ...]:
+        return ("rir_index", "rir_peak")
+
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         batch, length = x.shape
