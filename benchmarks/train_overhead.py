@@ -4,7 +4,7 @@ logging (CSV + TensorBoard), checkpointing and the training state, on the built-
 For each model, side by side in one run:
   bare     the engine alone: the same number of optimizer steps on batches already in memory,
            the same RawBoost chain, no logging, no checkpoints
-  trainer  `Trainer.fit` on the corpus (dev evaluation off: it is extra work, not overhead),
+  trainer  the training loop (`dpda.train.trainer.fit`) over the built run, on the corpus (dev evaluation off: it is extra work, not overhead),
            with 2 loader workers, logging every step, the state saved every epoch
 Both run with the trainer's default deterministic settings. Target: trainer <= 1.05x bare.
 
@@ -29,7 +29,8 @@ from dpda.data import AudioDataset, read_protocol
 from dpda.data.dataset import collate
 from dpda.dualpath import DualPathStep, WeightedCrossEntropy
 from dpda.models import build
-from dpda.train.trainer import Trainer, make_chain, make_optimizer
+from dpda.train.build import build_run, make_chain, make_optimizer
+from dpda.train.trainer import fit
 
 CROP = 32000  # 2 s: the built-in corpus' utterances are 1-6 s
 
@@ -76,9 +77,9 @@ def bare(config: dict, steps: int) -> float:
 
 
 def full(config: dict) -> float:
-    trainer = Trainer(config_from_dict(config), Path(config["output_dir"]) / config["name"])
+    run = build_run(config_from_dict(config), Path(config["output_dir"]) / config["name"])
     start = time.perf_counter()
-    trainer.fit()
+    fit(run)
     return time.perf_counter() - start
 
 

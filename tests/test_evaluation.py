@@ -100,9 +100,9 @@ def test_set_metrics_report_per_attack_eer():
         Utterance("s2", "s2.flac", 0, "A02"),
     ]
     metrics = set_metrics({"b1": 2.0, "b2": 1.0, "s1": 1.5, "s2": -1.0}, records)
-    assert metrics["eer_per_attack"]["A02"] == 0.0
-    assert metrics["eer_per_attack"]["A01"] == eer([2.0, 1.0], [1.5])[0]
-    assert metrics["eer"] == pytest.approx(eer([2.0, 1.0], [1.5, -1.0])[0])
+    assert metrics.eer_per_attack["A02"] == 0.0
+    assert metrics.eer_per_attack["A01"] == eer([2.0, 1.0], [1.5])[0]
+    assert metrics.eer == pytest.approx(eer([2.0, 1.0], [1.5, -1.0])[0])
 
 
 def test_calibration_recovers_the_likelihood_ratio_of_known_gaussians():

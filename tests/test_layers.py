@@ -22,6 +22,7 @@ LAYERS = {
     "data": 2,
     "models": 2,
     "checkpoint": 2,
+    "results": 2,
     "dualpath": 3,
     "augment": 3,
     "evaluate": 4,

@@ -1,5 +1,5 @@
-"""The run logger: CSV rows and header growth, resume truncation, TensorBoard events and purge,
-the disabled logger, augmentation summaries and the conflict meter."""
+"""The run logger: CSV rows under a fixed header, resume truncation, TensorBoard events and purge,
+the disabled logger, and augmentation summaries in the log."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import dpda.train.logger as logger_module
-from dpda.train.logger import ConflictMeter, RunLogger, read_csv, summarise_augmentation
+from dpda.augment.summary import summarise_augmentation
+from dpda.train.logger import RunLogger, read_csv
 
 needs_tensorboard = pytest.mark.skipif(find_spec("tensorboard") is None, reason="tensorboard is not installed")
 
@@ -54,12 +55,19 @@ def stats(loss, *, skipped=False, conflict=None, cosine=None):
     }
 
 
-def test_header_grows_when_a_key_appears(tmp_path):
-    with RunLogger(tmp_path, tensorboard=False) as logger:
-        logger.log_step(1, 0, {"loss": 0.5, "skipped": False})
-        logger.log_step(2, 0, {"loss": 0.25, "skipped": True})
-        logger.log_step(3, 1, {"loss": 0.125, "aug/noise.snr_db": 7.5, "skipped": False})
-        logger.log_step(4, 1, {"skipped": None, "aug/noise.snr_db": 2.0})
+def logger(folder, steps=("loss", "skipped", "aug/noise.snr_db"), epochs=("step", "dev_eer"), **options):
+    return RunLogger(folder, step_columns=steps, epoch_columns=epochs, **options)
+
+
+def test_the_header_is_fixed_and_absent_keys_are_empty_cells(tmp_path):
+    with logger(tmp_path, tensorboard=False) as log:
+        assert rows(tmp_path / "steps.csv") == [["step", "epoch", "loss", "skipped", "aug/noise.snr_db"]]
+        log.log_step(1, 0, {"loss": 0.5, "skipped": False})
+        log.log_step(2, 0, {"loss": 0.25, "skipped": True})
+        log.log_step(3, 1, {"loss": 0.125, "aug/noise.snr_db": 7.5, "skipped": False})
+        log.log_step(4, 1, {"skipped": None, "aug/noise.snr_db": 2.0})
+        with pytest.raises(ValueError, match="no column 'aug/reverb.rir_index'"):
+            log.log_step(5, 1, {"aug/reverb.rir_index": 3.0})
     assert rows(tmp_path / "steps.csv") == [
         ["step", "epoch", "loss", "skipped", "aug/noise.snr_db"],
         ["1", "0", "0.5", "0", ""],
@@ -76,12 +84,14 @@ def test_header_grows_when_a_key_appears(tmp_path):
         "aug/noise.snr_db": [None, None, 7.5, 2.0],
     }
     assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="repeated"):
+        logger(tmp_path, steps=("loss", "loss"), tensorboard=False)
 
 
 def test_cells_round_trip_and_non_finite(tmp_path):
     third = 1 / 3
-    with RunLogger(tmp_path, tensorboard=False) as logger:
-        logger.log_step(1, 0, {"x": third, "n": 7, "nan": math.nan, "inf": -math.inf, "none": None, "t": True})
+    with logger(tmp_path, steps=("x", "n", "nan", "inf", "none", "t"), tensorboard=False) as log:
+        log.log_step(1, 0, {"x": third, "n": 7, "nan": math.nan, "inf": -math.inf, "none": None, "t": True})
     assert rows(tmp_path / "steps.csv")[1] == ["1", "0", repr(third), "7", "nan", "-inf", "", "1"]
     columns = read_csv(tmp_path / "steps.csv")
     assert columns["x"] == [third] and columns["none"] == [None] and columns["inf"] == [-math.inf]
@@ -89,38 +99,44 @@ def test_cells_round_trip_and_non_finite(tmp_path):
 
 
 def test_epoch_rows_and_index_keys(tmp_path):
-    with RunLogger(tmp_path, tensorboard=False) as logger:
-        logger.log_epoch(1, {"epoch": 1, "step": 10, "dev_eer": 0.1, "conflict_rate": math.nan})
-        logger.log_epoch(2, {"epoch": 2, "step": 20, "dev_eer": 0.05, "conflict_rate": 0.25})
+    with logger(tmp_path, epochs=("step", "dev_eer", "conflict_rate"), tensorboard=False) as log:
+        log.log_epoch(1, {"epoch": 1, "step": 10, "dev_eer": 0.1, "conflict_rate": math.nan})
+        log.log_epoch(2, {"epoch": 2, "step": 20, "dev_eer": 0.05, "conflict_rate": 0.25})
         with pytest.raises(ValueError, match="disagrees"):
-            logger.log_epoch(3, {"epoch": 4})
+            log.log_epoch(3, {"epoch": 4})
     assert rows(tmp_path / "epochs.csv") == [
         ["epoch", "step", "dev_eer", "conflict_rate"],
         ["1", "10", "0.1", "nan"],
         ["2", "20", "0.05", "0.25"],
     ]
-    assert read_csv(tmp_path / "steps.csv") == {"step": [], "epoch": []}
+    assert read_csv(tmp_path / "steps.csv") == {
+        "step": [],
+        "epoch": [],
+        "loss": [],
+        "skipped": [],
+        "aug/noise.snr_db": [],
+    }
 
 
 def test_flush_makes_rows_visible_and_close_is_final(tmp_path):
-    logger = RunLogger(tmp_path, tensorboard=False, flush_secs=3600)
-    logger.log_step(1, 0, {"a": 1.0})
-    logger.log_step(2, 0, {"a": 2.0})
-    logger.flush()
+    log = logger(tmp_path, steps=("a",), tensorboard=False, flush_secs=3600)
+    log.log_step(1, 0, {"a": 1.0})
+    log.log_step(2, 0, {"a": 2.0})
+    log.flush()
     assert read_csv(tmp_path / "steps.csv")["a"] == [1.0, 2.0]
-    logger.close()
-    logger.close()
+    log.close()
+    log.close()
     with pytest.raises(RuntimeError, match="closed"):
-        logger.log_step(3, 0, {"a": 3.0})
+        log.log_step(3, 0, {"a": 3.0})
 
 
 @needs_tensorboard
 def test_fresh_start_overwrites(tmp_path):
-    with RunLogger(tmp_path) as logger:
-        logger.log_step(1, 0, {"old": 1.0})
-        logger.log_epoch(1, {"old": 1.0})
-    with RunLogger(tmp_path) as logger:
-        logger.log_step(1, 0, {"new": 2.0})
+    with logger(tmp_path, steps=("old",), epochs=("old",)) as log:
+        log.log_step(1, 0, {"old": 1.0})
+        log.log_epoch(1, {"old": 1.0})
+    with logger(tmp_path, steps=("new",), epochs=()) as log:
+        log.log_step(1, 0, {"new": 2.0})
     assert read_csv(tmp_path / "steps.csv") == {"step": [1.0], "epoch": [0.0], "new": [2.0]}
     assert read_csv(tmp_path / "epochs.csv") == {"epoch": []}
     assert scalars(tmp_path / "tensorboard" / "steps", "train/old") == {}
@@ -129,9 +145,10 @@ def test_fresh_start_overwrites(tmp_path):
 
 @needs_tensorboard
 def test_tensorboard_scalars(tmp_path):
-    with RunLogger(tmp_path, csv=False) as logger:
+    columns = ("loss_orig", "loss_aug", "skipped", "cosine", "conflict", "clip_coef", "lr", "bad")
+    with logger(tmp_path, steps=columns, epochs=("dev_eer", "conflict_rate"), csv=False) as log:
         for step in range(1, 5):
-            logger.log_step(
+            log.log_step(
                 step,
                 0,
                 {
@@ -140,7 +157,7 @@ def test_tensorboard_scalars(tmp_path):
                     "bad": math.nan if step == 2 else 1.0,
                 },
             )
-        logger.log_epoch(1, {"dev_eer": 0.125, "conflict_rate": 0.5})
+        log.log_epoch(1, {"dev_eer": 0.125, "conflict_rate": 0.5})
     assert not (tmp_path / "steps.csv").exists() and not (tmp_path / "epochs.csv").exists()
     steps = tmp_path / "tensorboard" / "steps"
     assert scalars(steps, "train/loss_orig") == {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
@@ -154,18 +171,19 @@ def test_tensorboard_scalars(tmp_path):
 
 @needs_tensorboard
 def test_resume_truncates_csvs_and_purges_events(tmp_path):
-    with RunLogger(tmp_path) as logger:
+    columns = {"steps": ("loss", "extra"), "epochs": ("dev_loss",)}
+    with logger(tmp_path, **columns) as log:
         for step in range(1, 7):
-            logger.log_step(step, (step - 1) // 2, {"loss": float(step)})
+            log.log_step(step, (step - 1) // 2, {"loss": float(step)})
             if step % 2 == 0:
-                logger.log_epoch(step // 2, {"dev_loss": step / 10})
+                log.log_epoch(step // 2, {"dev_loss": step / 10})
     age_event_files(tmp_path / "tensorboard")
     # killed after a state saved at step 4, end of epoch 2: steps 5-6 and epoch 3 are redone
-    with RunLogger(tmp_path, resume_step=4, resume_epoch=2) as logger:
+    with logger(tmp_path, **columns, resume_step=4, resume_epoch=2) as log:
         assert read_csv(tmp_path / "steps.csv")["step"] == [1.0, 2.0, 3.0, 4.0]
         assert read_csv(tmp_path / "epochs.csv")["epoch"] == [1.0, 2.0]
-        logger.log_step(5, 2, {"loss": 50.0, "extra": 1.0})
-        logger.log_epoch(3, {"dev_loss": 3.0})
+        log.log_step(5, 2, {"loss": 50.0, "extra": 1.0})
+        log.log_epoch(3, {"dev_loss": 3.0})
     assert read_csv(tmp_path / "steps.csv") == {
         "step": [1.0, 2.0, 3.0, 4.0, 5.0],
         "epoch": [0.0, 0.0, 1.0, 1.0, 2.0],
@@ -178,40 +196,44 @@ def test_resume_truncates_csvs_and_purges_events(tmp_path):
 
 
 def test_resume_keeps_a_file_without_bound_and_drops_a_cut_row(tmp_path):
-    with RunLogger(tmp_path, tensorboard=False) as logger:
+    columns = {"steps": ("a", "b"), "epochs": ("c",), "tensorboard": False}
+    with logger(tmp_path, **columns) as log:
         for step in range(1, 4):
-            logger.log_step(step, 0, {"a": 1.0, "b": 2.0})
-        logger.log_epoch(1, {"c": 1.0})
+            log.log_step(step, 0, {"a": 1.0, "b": 2.0})
+        log.log_epoch(1, {"c": 1.0})
     with open(tmp_path / "steps.csv", "a") as file:
         file.write("4,0,1.")  # a crash in the middle of a row
     with pytest.warns(RuntimeWarning, match="malformed"):
-        RunLogger(tmp_path, tensorboard=False, resume_step=10).close()
+        logger(tmp_path, **columns, resume_step=10).close()
     assert read_csv(tmp_path / "steps.csv")["step"] == [1.0, 2.0, 3.0]
     assert read_csv(tmp_path / "epochs.csv") == {"epoch": [1.0], "c": [1.0]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        RunLogger(tmp_path, tensorboard=False, resume_epoch=0).close()
+        logger(tmp_path, **columns, resume_epoch=0).close()
     assert read_csv(tmp_path / "steps.csv")["step"] == [1.0, 2.0, 3.0]
     assert read_csv(tmp_path / "epochs.csv") == {"epoch": [], "c": []}
 
 
 def test_disabled_writes_nothing(tmp_path):
     folder = tmp_path / "run"
-    with RunLogger(folder, enabled=False, resume_step=3, resume_epoch=1) as logger:
-        logger.log_step(1, 0, {"a": 1.0})
-        logger.log_epoch(1, {"a": 1.0})
-        logger.flush()
+    with logger(folder, steps=("a",), epochs=("a",), enabled=False, resume_step=3, resume_epoch=1) as log:
+        log.log_step(1, 0, {"a": 1.0})
+        log.log_epoch(1, {"a": 1.0})
+        log.flush()
     assert not folder.exists()
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError):
-        RunLogger(tmp_path, resume_step=True)
+        logger(tmp_path, resume_step=True)
     with pytest.raises(TypeError):
-        RunLogger(tmp_path, resume_step=2.0)
+        logger(tmp_path, resume_step=2.0)
     (tmp_path / "epochs.csv").write_text("step,loss\n1,2\n")
     with pytest.raises(ValueError, match="header"):
-        RunLogger(tmp_path, tensorboard=False, resume_epoch=1)
+        logger(tmp_path, tensorboard=False, resume_epoch=1)
+    logger(tmp_path, tensorboard=False).close()
+    with pytest.raises(ValueError, match="not the one this run writes"):  # another config's columns
+        logger(tmp_path, steps=("loss",), tensorboard=False, resume_step=1)
 
 
 def test_summarise_augmentation():
@@ -250,37 +272,13 @@ def test_augmentation_keys_changing_between_batches(tmp_path):
         {"noise.applied": torch.tensor([True, False]), "noise.snr_db": torch.tensor([4.0, math.nan])},
         {"noise.applied": torch.tensor([False, False])},
     ]
-    with RunLogger(tmp_path) as logger:
+    with logger(tmp_path, steps=("loss", "aug/noise.applied", "aug/noise.snr_db")) as log:
         for step, params in enumerate(batches, start=1):
-            logger.log_step(step, 0, {"loss": 1.0, **summarise_augmentation(params)})
+            log.log_step(step, 0, {"loss": 1.0, **summarise_augmentation(params)})
     columns = read_csv(tmp_path / "steps.csv")
     assert columns["aug/noise.applied"] == [0.0, 0.5, 0.0]
     assert columns["aug/noise.snr_db"] == [None, 4.0, None]
     assert scalars(tmp_path / "tensorboard" / "steps", "train/aug/noise.snr_db") == {2: 4.0}
-
-
-def test_conflict_meter():
-    meter = ConflictMeter()
-    assert math.isnan(meter.rate) and math.isnan(meter.as_dict()["mean_cosine"])
-    meter.update(stats(0.5, conflict=True, cosine=-0.5))
-    meter.update(stats(0.5, skipped=True))
-    meter.update(stats(0.5, conflict=False, cosine=0.25))
-    meter.update(stats(0.5, conflict=True, cosine=-0.25))
-    meter.update({"loss_orig": 0.5, "skipped": False})  # concat mode: no gradient statistics
-    assert meter.steps == 5 and meter.skipped_steps == 1
-    assert meter.rate == pytest.approx(2 / 3)
-    assert meter.as_dict() == {
-        "conflict_rate": pytest.approx(2 / 3),
-        "mean_cosine": pytest.approx(-1 / 6),
-        "steps": 5,
-        "skipped_steps": 1,
-        "conflicts": 2,
-        "flagged_steps": 3,
-    }
-    meter.reset()
-    assert meter.as_dict()["steps"] == 0 and math.isnan(meter.rate)
-    meter.update(stats(0.5, skipped=True))
-    assert math.isnan(meter.rate) and meter.as_dict()["skipped_steps"] == 1
 
 
 def test_docstring_examples():

@@ -180,7 +180,7 @@ def test_a_run_in_the_paper_order_is_the_same_with_and_without_worker_processes(
         }
         results = train(config_from_dict(config))
         finals.append(load_weights(tmp_path / "runs" / config["name"] / "final.safetensors")[0])
-        assert results["history"][0]["dev_loss"] == pytest.approx(results["dev"]["dev_loss"], rel=1e-6)
+        assert results.history[0].dev_loss == pytest.approx(results.dev.dev_loss, rel=1e-6)
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
     # the epoch criterion is the paper's: batches of 3 in protocol order, on the final weights
@@ -197,7 +197,7 @@ def test_a_run_in_the_paper_order_is_the_same_with_and_without_worker_processes(
     labels = torch.tensor([1 if line.endswith("bonafide") else 0 for line in lines])
     with torch.no_grad():
         logits = model(audio)
-    assert results["dev"]["dev_loss"] == pytest.approx(paper_dev_loss(logits, labels, 3), rel=1e-5)
+    assert results.dev.dev_loss == pytest.approx(paper_dev_loss(logits, labels, 3), rel=1e-5)
 
 
 # --- combinations the paper never ran ----------------------------------------------------------

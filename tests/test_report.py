@@ -129,7 +129,9 @@ def test_table_has_one_row_per_folder_with_the_recorded_numbers(report, runs):
         assert row[column["dev EER (%)"]] == f"{100 * results['dev']['dev_eer']:.2f}"
         assert row[column["best epoch"]] == str(results["best_epoch"])
         flags = [flag for flag in read_csv(runs[name] / "steps.csv")["conflict"] if flag is not None]
+        assert len(flags) == results["steps"]  # every step logged: the rate of the steps is the run's
         assert row[column["conflict rate (%)"]] == f"{100 * sum(flags) / len(flags):.2f}"
+        assert row[column["conflict rate (%)"]] == f"{100 * results['conflict_rate']:.2f}"
     assert rows[0][column["aligner"]] == "mean" and rows[1][column["aligner"]] == "pcgrad"
     assert "in_the_wild 7.97" in rows[0][column["paper EER (%)"]]
     assert rows[1][column["paper EER (%)"]] == "–"
@@ -158,11 +160,11 @@ def test_missing_pieces_are_reported_not_raised(runs, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(runs["pcgrad"], broken, ignore=shutil.ignore_patterns("checkpoints", "state"))
     (broken / "scores" / "heldout.txt").unlink()
-    columns, *lines = (broken / "steps.csv").read_text().splitlines()  # tiny runs do not conflict: make 3 do
+    columns, *lines = (broken / "epochs.csv").read_text().splitlines()  # tiny runs do not conflict: make 3 do
     cells = [line.split(",") for line in lines]
-    for row in cells[:3]:
-        row[columns.split(",").index("conflict")] = "1"
-    (broken / "steps.csv").write_text("\n".join([columns, *map(",".join, cells)]) + "\n")
+    cells[0][columns.split(",").index("conflicts")] = "3"
+    (broken / "epochs.csv").write_text("\n".join([columns, *map(",".join, cells)]) + "\n")
+    flagged = sum(int(row[columns.split(",").index("flagged_steps")]) for row in cells)
     seeds = tmp_path / "seeds"  # one finished seed of two, no summary.json yet
     shutil.copytree(runs["seeded"] / "seed-1", seeds / "seed-1", ignore=shutil.ignore_patterns("checkpoints", "state"))
     report = write_report([runs["concat"], broken, seeds, broken], tmp_path / "out")
@@ -181,7 +183,7 @@ def test_missing_pieces_are_reported_not_raised(runs, tmp_path):
     assert [row[0] for row in rows] == ["concat", "pcgrad", "seeded", "pcgrad-2"]  # a folder given twice
     assert rows[1][header.index("heldout EER (%)")] != "–"  # results.json still counts
     assert rows[0][header.index("conflict rate (%)")] == "–"
-    assert rows[1][header.index("conflict rate (%)")] == f"{100 * 3 / len(cells):.2f}"
+    assert rows[1][header.index("conflict rate (%)")] == f"{100 * 3 / flagged:.2f}"
 
 
 def test_a_folder_that_holds_no_run_is_refused_by_name(tmp_path):

@@ -21,6 +21,7 @@ from tiny_runs import write_split as _write_split
 
 from dpda.checkpoint import average_weights, load_weights
 from dpda.config import load_config
+from dpda.results import RunResults, pooled_conflict_rate
 from dpda.train import TrainingError, train, train_seeds
 from dpda.train.logger import read_csv
 
@@ -33,10 +34,12 @@ def test_a_run_writes_every_artifact_and_averages_exactly_the_best(corpus, tmp_p
     config = load_config(_write_config(tmp_path / "c.yaml", _config(corpus, tmp_path / "runs")))
     results = train(config)
     run = tmp_path / "runs" / "tiny"
-    assert results["epochs"] == 3 and results["steps"] == 18  # 24 utterances / 4 per step x 3 epochs
-    assert set(results["eval"]) == {"heldout"} and 0.0 <= results["eval"]["heldout"]["eer"] <= 1.0
-    assert 0.0 <= results["dev"]["dev_eer"] <= 1.0
+    assert results.epochs == 3 and results.steps == 18  # 24 utterances / 4 per step x 3 epochs
+    assert set(results.eval) == {"heldout"} and 0.0 <= results.eval["heldout"].eer <= 1.0
+    assert 0.0 <= results.dev.dev_eer <= 1.0
     assert load_config(run / "config.yaml") == config
+    assert RunResults.from_json(json.loads((run / "results.json").read_text())) == results
+    assert results.conflict_rate == pooled_conflict_rate(results.history)
     steps, epochs = read_csv(run / "steps.csv"), read_csv(run / "epochs.csv")
     assert steps["step"] == list(range(1, 19)) and epochs["epoch"] == [1, 2, 3]
     for column in ("loss_orig", "loss_aug", "cosine", "norm_orig", "weight_orig", "lr", "aug/gain.applied"):
@@ -49,8 +52,8 @@ def test_a_run_writes_every_artifact_and_averages_exactly_the_best(corpus, tmp_p
     kept = sorted(run.glob("checkpoints/epoch-*.safetensors"))
     assert len(kept) == 2
     best_two = sorted(range(3), key=lambda i: (epochs["dev_loss"][i], i))[:2]
-    assert sorted(results["averaged_epochs"]) == sorted(i + 1 for i in best_two)
-    expected = average_weights([run / "checkpoints" / f"epoch-{e:03d}.safetensors" for e in results["averaged_epochs"]])
+    assert sorted(results.averaged_epochs) == sorted(i + 1 for i in best_two)
+    expected = average_weights([run / "checkpoints" / f"epoch-{e:03d}.safetensors" for e in results.averaged_epochs])
     final = _tensors(run / "final.safetensors")
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     with pytest.raises(TrainingError, match="already holds a run"):
@@ -166,9 +169,9 @@ def test_seeds_run_into_their_own_folders_with_a_summary(corpus, tmp_path):
     summary = train_seeds(load_config(_write_config(tmp_path / "c.yaml", config)), [1, 2])
     folder = tmp_path / "runs" / "tiny"
     assert (folder / "seed-1" / "final.safetensors").exists() and (folder / "seed-2" / "final.safetensors").exists()
-    eer = summary["metrics"]["eval/heldout/eer"]
-    assert len(eer["values"]) == 2 and eer["mean"] == pytest.approx(np.mean(eer["values"]))
-    assert eer["std"] == pytest.approx(np.std(eer["values"], ddof=1))
+    eer = summary.metrics["eval/heldout/eer"]
+    assert len(eer.values) == 2 and eer.mean == pytest.approx(np.mean(eer.values))
+    assert eer.std == pytest.approx(np.std(eer.values, ddof=1))
     assert json.loads((folder / "summary.json").read_text())["seeds"] == [1, 2]
     assert "eval/heldout/eer" in (folder / "summary.md").read_text()
     assert train_seeds(load_config(_write_config(tmp_path / "c.yaml", config)), [1, 2]) == summary  # read back

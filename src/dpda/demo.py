@@ -23,9 +23,9 @@ from dpda.atomic import write_text_atomic
 from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
 from dpda.evaluate.paper import PAPER_CLAIMS
-from dpda.evaluate.spread import mean_std
 from dpda.markdown import table
 from dpda.report import write_report
+from dpda.results import RunResults, mean_std
 from dpda.train.seeds import train_seeds
 
 EVAL_SET = "builtin_eval"
@@ -105,7 +105,7 @@ def score_reference(
         batch_size=16,
         progress=progress,
     )
-    return {"checkpoint": str(path), **set_metrics(scores, records)}
+    return {"checkpoint": str(path), **set_metrics(scores, records).to_json()}
 
 
 def run_demo(
@@ -149,17 +149,18 @@ def run_demo(
         folder = runs / config.name
         folders.append(folder)
         for seed in seeds:
-            run = json.loads((folder / f"seed-{seed}" / "results.json").read_text())
+            path = folder / f"seed-{seed}" / "results.json"
+            run = RunResults.from_json(json.loads(path.read_text()), str(path))
             results["runs"].append(
                 {
                     "aligner": aligner,
                     "seed": seed,
-                    "eer": run["eval"][EVAL_SET]["eer"],
-                    "dev_eer": run["dev"]["dev_eer"],
-                    "conflict_rate": run["conflict_rate"],
-                    "best_epoch": run["best_epoch"],
-                    "epochs": run["epochs"],
-                    "wall_seconds": run["train_seconds"],
+                    "eer": run.eval[EVAL_SET].eer if run.eval else None,
+                    "dev_eer": run.dev.dev_eer if run.dev else None,
+                    "conflict_rate": run.conflict_rate,
+                    "best_epoch": run.best_epoch,
+                    "epochs": run.epochs,
+                    "wall_seconds": run.train_seconds,
                 }
             )
     results["aligners"] = _by_aligner(results["runs"])

@@ -48,11 +48,13 @@ if TYPE_CHECKING:
 
 from dpda.atomic import atomic_path
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
+from dpda.errors import DpdaError
 from dpda.names import DIRECTIONS
 
 __all__ = [
     "DIRECTIONS",
     "Landscape",
+    "LandscapeError",
     "filter_normalized_directions",
     "gradient_directions",
     "loss_landscape",
@@ -67,6 +69,11 @@ _AXIS_NAMES = {
 }
 
 Directions = dict[str, Tensor]
+
+
+class LandscapeError(DpdaError, ValueError):
+    """A landscape that cannot be taken as asked: a bad grid, directions or span, a model with
+    nothing to perturb, or a gradient or loss that gives no direction."""
 
 
 @dataclass
@@ -142,7 +149,7 @@ class Landscape:
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
-        raise ValueError("the model has no trainable parameters (requires_grad) to perturb")
+        raise LandscapeError("the model has no trainable parameters (requires_grad) to perturb")
     return named
 
 
@@ -202,7 +209,7 @@ def gradient_directions(
             grads = _path_gradient(model, params, inputs.to(device), labels.to(device), loss, batch_size)
             g_norm = _norm(grads)
             if not math.isfinite(g_norm) or g_norm == 0:
-                raise ValueError(f"the {path}-path gradient has norm {g_norm}; it gives no direction")
+                raise LandscapeError(f"the {path}-path gradient has norm {g_norm}; it gives no direction")
             factor = theta_norm / g_norm
             pair.append({name: g.mul_(factor) for (name, _), g in zip(named, grads)})
     finally:
@@ -228,7 +235,7 @@ def _path_gradient(
                 if piece is not None:
                     total.add_(piece)
     if denominator == 0:
-        raise ValueError("the loss denominators sum to zero on these labels")
+        raise LandscapeError("the loss denominators sum to zero on these labels")
     for g in grads:
         g.div_(denominator)
     return grads
@@ -268,11 +275,11 @@ def loss_landscape(
     The model comes back with bitwise the same parameters and the same training flags.
     """
     if directions not in DIRECTIONS:
-        raise ValueError(f"unknown directions {directions!r}; valid: {', '.join(DIRECTIONS)}")
+        raise LandscapeError(f"unknown directions {directions!r}; valid: {', '.join(DIRECTIONS)}")
     if not (isinstance(span, (int, float, np.number)) and math.isfinite(span) and span > 0):
-        raise ValueError(f"span must be a finite number > 0, got {span!r}")
+        raise LandscapeError(f"span must be a finite number > 0, got {span!r}")
     if not isinstance(points, (int, np.integer)) or points < 3 or points % 2 == 0:
-        raise ValueError(f"points must be an odd integer >= 3 (the centre on the grid), got {points!r}")
+        raise LandscapeError(f"points must be an odd integer >= 3 (the centre on the grid), got {points!r}")
     original, augmented, labels = _check_inputs(original, augmented, labels, batch_size)
     loss = WeightedCrossEntropy() if loss is None else loss
 
@@ -376,7 +383,7 @@ def surface_sharpness(landscape: Landscape) -> dict[str, float]:
     ring = np.abs(np.hypot(a, b) - radius) <= step / 2 * (1 + 1e-9)
     ring[landscape.centre] = False
     if not ring.any():
-        raise ValueError("the grid has no points on the ring of radius span / 2")
+        raise LandscapeError("the grid has no points on the ring of radius span / 2")
     result: dict[str, float] = {}
     i, j = landscape.centre
     for path, surface in (("original", landscape.loss_original), ("augmented", landscape.loss_augmented)):
@@ -473,7 +480,7 @@ def checkpoint_landscape(
     from dpda.data import AudioDataset
     from dpda.data.dataset import collate
     from dpda.data.sets import DataError, dataset_root, read_dataset
-    from dpda.train.trainer import make_chain
+    from dpda.train.build import make_chain
 
     if config.data.dev is None:
         raise DataError("the config has no dev set; give one with --set data.dev={kind: ..., protocol: ...}")

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -31,8 +31,8 @@ from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.data.sets import DataError, dataset_name, read_dataset
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
-from dpda.evaluate.spread import mean_std
 from dpda.markdown import table
+from dpda.results import RunResults, SeedSummary, conflict_rate, mean_std
 from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
 
 __all__ = ["write_report"]
@@ -75,7 +75,7 @@ class Run:
 
     path: Path
     config: ExperimentConfig
-    results: dict[str, Any]
+    results: RunResults | None  # None while the run is training
     steps: Columns
     epochs: Columns
     scores: dict[str, Scores] = field(default_factory=dict)
@@ -84,9 +84,13 @@ class Run:
     slug: str = ""  # the label's file-name form, also unique
 
     def conflicts(self) -> tuple[int, int]:
-        """Conflicting steps and steps with a defined flag (skipped steps and concat have none)."""
-        flags = [flag for flag in self.steps.get("conflict", []) if flag is not None]
-        return int(sum(flags)), len(flags)
+        """Conflicting steps and steps with a defined flag (skipped steps and concat have none),
+        over every optimizer step of the epochs done (``epochs.csv``: the counts behind the
+        pooled rate of ``results.json``)."""
+        return tuple(  # type: ignore[return-value]
+            int(sum(value for value in self.epochs.get(key, []) if value is not None))
+            for key in ("conflicts", "flagged_steps")
+        )
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Entry:
     path: Path
     label: str
     runs: list[Run]
-    summary: dict[str, Any] | None = None  # summary.json of an experiment
+    summary: SeedSummary | None = None  # summary.json of an experiment
     notes: list[str] = field(default_factory=list)
 
 
@@ -168,7 +172,8 @@ def _load_entry(path: Path) -> Entry:
     runs = [_load_run(seed) for seed in seeds]
     entry = Entry(path, runs[0].config.name, runs)
     if (path / "summary.json").is_file():
-        entry.summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        summary = path / "summary.json"
+        entry.summary = SeedSummary.from_json(json.loads(summary.read_text(encoding="utf-8")), str(summary))
     else:
         entry.notes.append(
             "no summary.json (seeds still training?): mean ± std computed from the finished seeds' results.json"
@@ -182,12 +187,14 @@ def _load_run(path: Path) -> Run:
     run = Run(
         path,
         config,
-        json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {},
+        RunResults.from_json(json.loads(results.read_text(encoding="utf-8")), str(results))
+        if results.is_file()
+        else None,
         _csv(path / STEPS_CSV),
         _csv(path / EPOCHS_CSV),
     )
     for name, value in (("results.json", run.results), (STEPS_CSV, run.steps), (EPOCHS_CSV, run.epochs)):
-        if not value:
+        if value is None or value == {}:
             run.missing.append(f"no {name} in the run folder")
     if config.data.dev is None:
         run.missing.append("no dev set: no dev loss or dev EER, the best epoch is by train loss")
@@ -252,7 +259,7 @@ def _table(entries: Sequence[Entry]) -> list[str]:
             name
             for entry in entries
             for run in entry.runs
-            for name in [*map(dataset_name, run.config.eval.sets), *run.results.get("eval", {})]
+            for name in [*map(dataset_name, run.config.eval.sets), *((run.results and run.results.eval) or {})]
         )
     )
     header = [
@@ -291,8 +298,8 @@ def _table(entries: Sequence[Entry]) -> list[str]:
         (
             "EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
             "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
-            "The conflict rate is conflicting steps over logged steps with a defined conflict flag "
-            "(steps.csv). The paper column is the published EER of the config's `paper_row`, where the "
+            "The conflict rate is conflicting steps over all optimizer steps with a defined conflict "
+            "flag (epochs.csv; results.json holds the same). The paper column is the published EER of the config's `paper_row`, where the "
             "paper reports one; it was measured on the full data sets and is comparable only with runs "
             "on the same data."
         ),
@@ -301,18 +308,15 @@ def _table(entries: Sequence[Entry]) -> list[str]:
 
 
 def _entry_stats(entry: Entry) -> dict[str, tuple[float, float, int]]:
-    """metric -> (mean, std, runs): summary.json's metrics (or ``summarise`` of the results), plus
+    """metric -> (mean, std, runs): summary.json's metrics (or ``SeedSummary.of`` the results), plus
     epochs, skipped steps and the conflict rate, which summary.json does not hold."""
-    # imported here: dpda.train.seeds loads the trainer, which reading run folders does not need
-    from dpda.train.seeds import summarise
-
-    finished = [run.results for run in entry.runs if run.results]
-    summary = entry.summary or summarise(finished)
-    stats = {key: (value["mean"], value["std"], len(value["values"])) for key, value in summary["metrics"].items()}
+    finished = [run.results for run in entry.runs if run.results is not None]
+    summary = entry.summary or SeedSummary.of(finished)
+    stats = {key: (spread.mean, spread.std, len(spread.values)) for key, spread in summary.metrics.items()}
     extra = {
-        "epochs": [results["epochs"] for results in finished],
-        "skipped_steps": [results["skipped_steps"] for results in finished],
-        "conflict_rate": [c / n for c, n in (run.conflicts() for run in entry.runs) if n],
+        "epochs": [results.epochs for results in finished],
+        "skipped_steps": [results.skipped_steps for results in finished],
+        "conflict_rate": [conflict_rate(c, n) for c, n in (run.conflicts() for run in entry.runs) if n],
     }
     for key, values in extra.items():
         if values:
@@ -361,16 +365,16 @@ def _conflict_line(run: Run) -> str:
     augment = run.config.augment
     chain = Path(augment.chain).stem if augment.chain else "an inline chain"
     return (
-        f"{conflicts / flagged:.1%} ({conflicts} of {flagged} logged steps) with augmentation {chain}; "
+        f"{conflict_rate(conflicts, flagged):.1%} ({conflicts} of {flagged} steps) with augmentation {chain}; "
         "the paper's figure is for RawBoost on ASVspoof 2019 LA"
     )
 
 
 def _convergence_line(run: Run) -> str:
-    if not run.results:
+    if run.results is None:
         return "not finished"
     basis = "dev loss" if run.config.data.dev is not None else "train loss (no dev set)"
-    return f"best epoch {run.results['best_epoch']} of {run.results['epochs']} by {basis}"
+    return f"best epoch {run.results.best_epoch} of {run.results.epochs} by {basis}"
 
 
 def _det_section(runs: Sequence[Run], out: Path) -> list[str]:
@@ -392,7 +396,8 @@ def _run_section(run: Run, out: Path) -> list[str]:
         (
             f"`{run.path}`: model {config.model['name']}, mode {config.dualpath.mode}, aligner "
             f"{config.dualpath.aligner}, seed {config.seed}, paper row {config.paper_row or '–'}; "
-            f"{results.get('steps', '?')} steps, averaged epochs {results.get('averaged_epochs', '?')}."
+            f"{results.steps if results else '?'} steps, averaged epochs "
+            f"{results.averaged_epochs if results else '?'}."
         ),
     ]
     if run.missing:
@@ -425,8 +430,8 @@ def _loss_figure(run: Run, path: Path) -> str | None:
         left.plot(x, _smooth(y), color=f"C{index}", label=key)
     for index, key in enumerate(epoch_keys):
         right.plot(*_series(run.epochs, "epoch", key), marker="o", color=f"C{index}", label=key)
-    if run.results.get("best_epoch", -1) > 0:
-        right.axvline(run.results["best_epoch"], color="grey", linestyle=":")
+    if run.results is not None and run.results.best_epoch > 0:
+        right.axvline(run.results.best_epoch, color="grey", linestyle=":")
     _finish(left, "optimizer step", "loss", "per step", counted=True)
     _finish(right, "epoch", "loss", "per epoch", counted=True)
     return _save(figure, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,11 @@ class StepStats:
 
     def as_dict(self) -> dict[str, float | bool | None]:
         return asdict(self)
+
+    @staticmethod
+    def names() -> list[str]:
+        """The keys of :meth:`as_dict`, in order: the step columns of a training log."""
+        return [item.name for item in fields(StepStats)]
 
 
 class DualPathStep:

@@ -27,6 +27,7 @@ from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
 from dpda.markdown import table
 from dpda.models import architecture, build
+from dpda.results import EvalResults, SetMetrics
 
 
 @dataclass
@@ -56,26 +57,26 @@ def load_detector(source: str | Path, device: torch.device, overrides: Sequence[
     return Detector(model.to(device).eval(), config, calibration, path)
 
 
-def set_metrics(scores: Mapping[str, float], records: Sequence[Any]) -> dict[str, Any]:
+def set_metrics(scores: Mapping[str, float], records: Sequence[Any], protocol: str | None = None) -> SetMetrics:
     """EER (pooled and per attack), ASVspoof 5's minDCF/actDCF/Cllr (scores read as natural-log
     likelihood ratios, which raw logit margins only approximate), and counts."""
     bonafide = np.array([scores[r.utt_id] for r in records if r.label == 1])
     spoof_records = [r for r in records if r.label == 0]
     spoof = np.array([scores[r.utt_id] for r in spoof_records])
-    result: dict[str, Any] = {"utterances": len(records), "bonafide": len(bonafide), "spoof": len(spoof)}
-    if len(bonafide) and len(spoof):
-        value, threshold = eer(bonafide, spoof)
-        result.update(
-            eer=value,
-            eer_threshold=threshold,
-            min_dcf=min_dcf(bonafide, spoof)[0],
-            act_dcf=act_dcf(bonafide, spoof),
-            cllr=cllr(bonafide, spoof),
-        )
-        attacks = [r.attack or "unknown" for r in spoof_records]
-        if len(set(attacks)) > 1:
-            result["eer_per_attack"] = eer_per_attack(bonafide, spoof, attacks)
-    return result
+    counts = {"protocol": protocol, "utterances": len(records), "bonafide": len(bonafide), "spoof": len(spoof)}
+    if not (len(bonafide) and len(spoof)):
+        return SetMetrics(**counts)
+    value, threshold = eer(bonafide, spoof)
+    attacks = [r.attack or "unknown" for r in spoof_records]
+    return SetMetrics(
+        **counts,
+        eer=value,
+        eer_threshold=threshold,
+        min_dcf=min_dcf(bonafide, spoof)[0],
+        act_dcf=act_dcf(bonafide, spoof),
+        cllr=cllr(bonafide, spoof),
+        eer_per_attack=eer_per_attack(bonafide, spoof, attacks) if len(set(attacks)) > 1 else None,
+    )
 
 
 def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[tuple[DataSet, list[Utterance]]]:
@@ -88,24 +89,19 @@ def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -
 
 def evaluate_sets(
     detector: Detector,
-    sets: Sequence[tuple[DataSet, list[Utterance]]],
+    sets_and_records: Sequence[tuple[DataSet, list[Utterance]]],
     out: Path,
     device: torch.device,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalResults:
     """Score every set (as ``read_eval_sets`` returns them) into ``out/scores/<name>.txt``
     (resumable) and compute its metrics; ``out/results.json`` and ``out/results.md`` hold them."""
     config = detector.config
     (out / "scores").mkdir(parents=True, exist_ok=True)
     max_seconds = config.eval.max_seconds
     length = round(max_seconds * config.data.sample_rate) if max_seconds else None
-    results: dict[str, Any] = {
-        "checkpoint": str(detector.path),
-        "score": config.eval.score,
-        "max_seconds": max_seconds,
-        "sets": {},
-    }
-    for dataset, records in sets:
+    sets = {}
+    for dataset, records in sets_and_records:
         name = dataset_name(dataset)
         scores = score_protocol(
             detector.model,
@@ -120,38 +116,42 @@ def evaluate_sets(
             workers=config.data.workers,
             progress=progress,
         )
-        results["sets"][name] = {"protocol": dataset.protocol, **set_metrics(scores, records)}
-    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+        sets[name] = set_metrics(scores, records, dataset.protocol)
+    results = EvalResults(str(detector.path), config.eval.score, max_seconds, sets)
+    write_text_atomic(out / "results.json", json.dumps(results.to_json(), indent=1))
     write_text_atomic(out / "results.md", results_markdown(results))
     return results
 
 
-def results_markdown(results: Mapping[str, Any]) -> str:
+def results_markdown(results: EvalResults) -> str:
+    def shown(value: float | None, percent: bool = False) -> str:
+        return "-" if value is None else f"{value:.2%}" if percent else f"{value:.4f}"
+
     rows = [
         [
             name,
-            entry["utterances"],
-            entry["bonafide"],
-            entry["spoof"],
-            *(
-                f"{entry[k]:.2%}" if k == "eer" else f"{entry[k]:.4f}" if k in entry else "-"
-                for k in ("eer", "min_dcf", "act_dcf", "cllr")
-            ),
+            m.utterances,
+            m.bonafide,
+            m.spoof,
+            shown(m.eer, percent=True),
+            shown(m.min_dcf),
+            shown(m.act_dcf),
+            shown(m.cllr),
         ]
-        for name, entry in results["sets"].items()
+        for name, m in results.sets.items()
     ]
     lines = [
-        f"# Evaluation of {results['checkpoint']}",
+        f"# Evaluation of {results.checkpoint}",
         "",
         *table(["set", "utterances", "bona fide", "spoof", "EER", "minDCF", "actDCF", "Cllr"], rows),
     ]
-    for name, entry in results["sets"].items():
-        if "eer_per_attack" in entry:
+    for name, m in results.sets.items():
+        if m.eer_per_attack:
             lines += [
                 "",
                 f"## {name}: EER per attack",
                 "",
-                *table(["attack", "EER"], [[a, f"{v:.2%}"] for a, v in entry["eer_per_attack"].items()]),
+                *table(["attack", "EER"], [[a, f"{v:.2%}"] for a, v in m.eer_per_attack.items()]),
             ]
     return "\n".join(lines) + "\n"
 

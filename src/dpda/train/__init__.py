@@ -1,6 +1,7 @@
-"""Training: ``dpda train`` (the trainer around the dual-path step, its logs, several seeds)."""
+"""Training: ``dpda train`` (a run built from its config, the loop over it, its logs, several seeds)."""
 
-from dpda.train.seeds import summarise, train_seeds
-from dpda.train.trainer import Trainer, TrainingError, train
+from dpda.train.run import TrainingError
+from dpda.train.seeds import train_seeds
+from dpda.train.trainer import train
 
-__all__ = ["Trainer", "TrainingError", "summarise", "train", "train_seeds"]
+__all__ = ["TrainingError", "train", "train_seeds"]

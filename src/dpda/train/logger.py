@@ -3,12 +3,18 @@
 Files in the run folder (all written by rank 0 only; a logger built with ``enabled=False`` is a
 no-op and creates nothing):
 
-- ``steps.csv``: one row per logged optimizer step, columns ``step``, ``epoch``, then the values;
-- ``epochs.csv``: one row per epoch, column ``epoch``, then the values;
+- ``steps.csv``: one row per logged optimizer step, columns ``step``, ``epoch``, then the step
+  columns the logger was given;
+- ``epochs.csv``: one row per epoch, column ``epoch``, then the epoch columns;
 - ``tensorboard/steps/``: events, scalar ``train/<key>`` at global step ``step``;
 - ``tensorboard/epochs/``: events, scalar ``epoch/<key>`` at global step ``epoch``. Epoch scalars
   get a writer of their own so that each x-axis can be purged on resume by its own counter
   (TensorBoard shows the two folders as two runs).
+
+The columns are fixed when the logger is made (the trainer knows them before the first step: the
+engine's step statistics, the learning rate, the parameters the augmentation chain declares, the
+fields of an epoch record), so every row of a file has the same cells and a row with a key the
+header lacks is a bug, refused by name.
 
 Cells and scalars:
 
@@ -20,26 +26,17 @@ Cells and scalars:
   break its axis ranges and smoothing): the CSV is the complete record, and a step whose
   gradients were not finite is marked by its ``skipped`` column.
 
-Columns are the union of the keys seen so far, in first-seen order. When a row brings a key
-not seen before, the file is rewritten with the extended header (the old rows get empty cells)
-through a temporary file and ``os.replace``. Keys usually all appear in the first logged step;
-a key first seen late (an augmentation stage that selected no utterance of the first batches)
-costs one rewrite of the file so far, once per key.
-
 Rows go through an ordinary buffered file, flushed at least every ``flush_secs`` seconds, on
 :meth:`RunLogger.flush` and on close; nothing is fsynced per row. A run killed hard loses at
 most the last ``flush_secs`` seconds of rows, which it redoes anyway on resume.
 
 Fresh start and resume: without ``resume_step``/``resume_epoch`` the logger starts over: an
 existing ``steps.csv``/``epochs.csv`` is overwritten and earlier event files in its TensorBoard
-folders are deleted. With either given, the files are kept and continued, minus the rows a
-killed run logged after its last saved state: rows of ``steps.csv`` with ``step > resume_step``
-and rows of ``epochs.csv`` with ``epoch > resume_epoch`` (a bound left ``None`` keeps that file
-whole). The writers get ``purge_step=resume + 1``, so TensorBoard hides the same events.
-
-:func:`read_csv` reads either CSV back into columns; :class:`ConflictMeter` keeps an epoch's
-gradient-conflict counts; :func:`summarise_augmentation` turns the augmentation chain's
-per-utterance parameters into per-batch means for the step row.
+folders are deleted. With either given, the files are kept and continued (their header must be
+the one this logger writes), minus the rows a killed run logged after its last saved state: rows
+of ``steps.csv`` with ``step > resume_step`` and rows of ``epochs.csv`` with ``epoch > resume_epoch``
+(a bound left ``None`` keeps that file whole). The event files get a purge marker at
+``resume + 1``, so TensorBoard hides the same events.
 """
 
 from __future__ import annotations
@@ -50,179 +47,23 @@ import operator
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
-import torch
 
 from dpda.atomic import atomic_path
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = [
-    "EPOCHS_CSV",
-    "STEPS_CSV",
-    "TENSORBOARD_DIR",
-    "ConflictMeter",
-    "RunLogger",
-    "read_csv",
-    "summarise_augmentation",
-]
+__all__ = ["EPOCHS_CSV", "STEPS_CSV", "TENSORBOARD_DIR", "RunLogger", "read_csv"]
 
 STEPS_CSV = "steps.csv"
 EPOCHS_CSV = "epochs.csv"
 TENSORBOARD_DIR = "tensorboard"
-AUGMENTATION_PREFIX = "aug/"
 
 Value = float | int | bool | None
-
-
-# ------------------------------------------------------------------------------------------------
-# Augmentation parameters
-
-
-def summarise_augmentation(params: Mapping[str, Any]) -> dict[str, float]:
-    """``aug/<key>`` -> the batch mean of each per-utterance augmentation parameter.
-
-    ``params`` maps keys to tensors whose first dimension is the batch (the chain's
-    ``Augmented.params``). Bools give the fraction of utterances that are true. Floats are
-    averaged over their non-NaN entries (``nanmean``): NaN marks an utterance a stage did not
-    apply to. Integers (indices, codes, counts) are averaged over their non-negative entries:
-    ``-1`` is the chain's fill for utterances a stage did not apply to. A key with no defined
-    entry (all NaN, all ``-1``, or empty) is left out, as are complex tensors. Tensors of more
-    than one dimension are averaged over all their defined entries.
-
-    Cost: the tensors are concatenated where they are (one kernel) and copied to the host in
-    one transfer (one synchronisation); the means are computed there, in float64, with a fixed
-    number of numpy calls whatever the number of keys.
-
-    >>> import torch
-    >>> summarise_augmentation({"noise.applied": torch.tensor([True, False, False, True]),
-    ...                         "noise.snr_db": torch.tensor([5.0, float("nan"), float("nan"), 15.0]),
-    ...                         "reverb.rir_index": torch.tensor([-1, 2, -1, 4]),
-    ...                         "codec.bitrate": torch.tensor([float("nan")] * 4)})
-    {'aug/noise.applied': 0.5, 'aug/noise.snr_db': 10.0, 'aug/reverb.rir_index': 3.0}
-    """
-    keys: list[str] = []
-    parts: list[torch.Tensor] = []
-    integer: list[bool] = []
-    for key, value in params.items():
-        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-        if tensor.numel() == 0 or tensor.is_complex():
-            continue
-        keys.append(key)
-        parts.append(tensor.reshape(-1))
-        integer.append(not (tensor.is_floating_point() or tensor.dtype == torch.bool))
-    if not parts:
-        return {}
-    if len({part.device for part in parts}) > 1:
-        parts = [part.cpu() for part in parts]
-    sizes = [part.numel() for part in parts]
-    # the empty float32 tensor lifts the common dtype to at least float32 (ints stay exact)
-    parts.append(torch.empty(0, dtype=torch.float32, device=parts[0].device))
-    flat = torch.cat(parts).cpu().numpy().astype(np.float64)
-    segment = np.repeat(np.arange(len(keys)), sizes)
-    defined = ~(np.isnan(flat) | ((flat < 0) & np.repeat(np.array(integer), sizes)))
-    sums = np.bincount(segment, weights=np.where(defined, flat, 0.0), minlength=len(keys))
-    counts = np.bincount(segment, weights=defined, minlength=len(keys))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (sums / counts).tolist()
-    return {AUGMENTATION_PREFIX + key: mean for key, mean in zip(keys, means) if not math.isnan(mean)}
-
-
-# ------------------------------------------------------------------------------------------------
-# Conflict statistics
-
-
-class ConflictMeter:
-    """Running gradient-conflict statistics of an epoch, fed the engine's step statistics.
-
-    ``update`` takes a mapping with (any of) ``skipped``, ``conflict`` and ``cosine``, as
-    ``StepStats.as_dict()`` gives it; a missing key counts as ``None``. ``steps`` counts every
-    update, ``skipped_steps`` those with ``skipped`` true. The conflict rate is over the steps
-    whose ``conflict`` flag is defined (not ``None``: skipped steps and ``concat`` mode have
-    none); the mean cosine over the steps with a finite ``cosine``. Both are NaN when no step
-    qualifies.
-
-    >>> meter = ConflictMeter()
-    >>> meter.update({"skipped": False, "conflict": True, "cosine": -0.2})
-    >>> meter.update({"skipped": False, "conflict": False, "cosine": 0.4})
-    >>> meter.update({"skipped": True, "conflict": None, "cosine": None})
-    >>> meter.as_dict()
-    {'conflict_rate': 0.5, 'mean_cosine': 0.1, 'steps': 3, 'skipped_steps': 1, 'conflicts': 1, 'flagged_steps': 2}
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything (call at the start of an epoch)."""
-        self.steps = 0
-        self.skipped_steps = 0
-        self.flagged_steps = 0
-        self.conflicts = 0
-        self._cosine_sum = 0.0
-        self._cosine_count = 0
-
-    def update(self, stats: Mapping[str, Any]) -> None:
-        """Count one optimizer step."""
-        self.steps += 1
-        if stats.get("skipped"):
-            self.skipped_steps += 1
-        conflict = stats.get("conflict")
-        if conflict is not None:
-            self.flagged_steps += 1
-            self.conflicts += bool(conflict)
-        cosine = stats.get("cosine")
-        if cosine is not None and math.isfinite(cosine):
-            self._cosine_sum += float(cosine)
-            self._cosine_count += 1
-
-    def state_dict(self) -> dict[str, float | int]:
-        """The counters, for a training state that resumes mid-epoch."""
-        return {
-            "steps": self.steps,
-            "skipped_steps": self.skipped_steps,
-            "flagged_steps": self.flagged_steps,
-            "conflicts": self.conflicts,
-            "cosine_sum": self._cosine_sum,
-            "cosine_count": self._cosine_count,
-        }
-
-    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
-        self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
-        self.flagged_steps, self.conflicts = int(state["flagged_steps"]), int(state["conflicts"])
-        self._cosine_sum, self._cosine_count = float(state["cosine_sum"]), int(state["cosine_count"])
-
-    @property
-    def rate(self) -> float:
-        """Conflicting steps over steps with a defined conflict flag; NaN when there are none."""
-        return self.conflicts / self.flagged_steps if self.flagged_steps else math.nan
-
-    @property
-    def mean_cosine(self) -> float:
-        """Mean cosine of the path gradients over steps where it is defined; NaN when none."""
-        return self._cosine_sum / self._cosine_count if self._cosine_count else math.nan
-
-    def as_dict(self) -> dict[str, float | int]:
-        """``conflict_rate``, ``mean_cosine``, ``steps``, ``skipped_steps``, and the counts the rate
-        is made of (``conflicts`` of ``flagged_steps``), so epochs can be pooled exactly."""
-        return {
-            "conflict_rate": self.rate,
-            "mean_cosine": self.mean_cosine,
-            "steps": self.steps,
-            "skipped_steps": self.skipped_steps,
-            "conflicts": self.conflicts,
-            "flagged_steps": self.flagged_steps,
-        }
-
-
-# ------------------------------------------------------------------------------------------------
-# CSV
 
 
 def read_csv(path: str | os.PathLike[str]) -> dict[str, list[float | None]]:
@@ -256,42 +97,42 @@ def _cell(value: Any) -> str:
     return repr(float(value))
 
 
-def _write_rows(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
-    """Replace ``path`` with ``header`` and ``rows`` (padded to the header's width) atomically."""
-    width = len(header)
-    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
-        writer = csvlib.writer(file)
-        writer.writerow(header)
-        writer.writerows(row + [""] * (width - len(row)) for row in rows)
-
-
 class _CsvTable:
-    """One CSV file of the run: index columns, then value columns added as keys appear."""
+    """One CSV file of the run with a header fixed at creation: index columns, then values."""
 
-    def __init__(self, path: Path, index: tuple[str, ...], keep: bool, upto: int | None, flush_secs: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        index: tuple[str, ...],
+        columns: Sequence[str],
+        keep: bool,
+        upto: int | None,
+        flush_secs: float,
+    ) -> None:
         self.path = path
         self.index = index
         self.flush_secs = flush_secs
-        self.columns: dict[str, int] = {}
-        rows: list[list[str]] = []
-        if keep and path.exists():
-            header, rows = self._kept_rows(upto)
-            self.columns = {key: position for position, key in enumerate(header[len(index) :])}
-        _write_rows(path, self.header, rows)
-        self._open()
+        self.header = [*index, *columns]
+        if len(set(self.header)) != len(self.header):
+            raise ValueError(f"{path.name}: repeated column names in {self.header}")
+        self.columns = {key: position for position, key in enumerate(self.header)}
+        rows = self._kept_rows(upto) if keep and path.exists() else []
+        with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csvlib.writer(file)
+            writer.writerow(self.header)
+            writer.writerows(rows)
+        self.file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close)
+        self.writer = csvlib.writer(self.file)
+        self.flushed = time.monotonic()
 
-    @property
-    def header(self) -> list[str]:
-        return [*self.index, *self.columns]
-
-    def _kept_rows(self, upto: int | None) -> tuple[list[str], list[list[str]]]:
+    def _kept_rows(self, upto: int | None) -> list[list[str]]:
         with open(self.path, newline="", encoding="utf-8") as file:
             reader = csvlib.reader(file)
-            header = next(reader, None) or list(self.index)
-            if tuple(header[: len(self.index)]) != self.index or len(set(header)) != len(header):
+            header = next(reader, None)
+            if header != self.header:
                 raise ValueError(
-                    f"{self.path}: header {header} is not one this logger wrote "
-                    f"(it starts with {list(self.index)}, names unique)"
+                    f"{self.path}: header {header} is not the one this run writes ({self.header}); "
+                    "was it written by another version or another config?"
                 )
             rows, dropped = [], 0
             for row in reader:
@@ -307,35 +148,16 @@ class _CsvTable:
             warnings.warn(
                 f"{self.path}: dropped {dropped} malformed row(s) (cut short by a crash?)", RuntimeWarning, stacklevel=4
             )
-        return header, rows
-
-    def _open(self) -> None:
-        self.file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close)
-        self.writer = csvlib.writer(self.file)
-        self.flushed = time.monotonic()
-
-    def _extend(self, keys: list[str]) -> None:
-        """Add columns for ``keys``: rewrite the file with the longer header."""
-        self.file.close()
-        with open(self.path, newline="", encoding="utf-8") as file:
-            reader = csvlib.reader(file)
-            next(reader, None)
-            rows = list(reader)
-        for key in keys:
-            self.columns[key] = len(self.columns)
-        _write_rows(self.path, self.header, rows)
-        self._open()
+        return rows
 
     def append(self, index: tuple[int, ...], values: Mapping[str, Any]) -> None:
-        columns = self.columns
-        new = [key for key in values if key not in columns]
-        if new:
-            self._extend(new)
-        offset = len(self.index)
-        row = [""] * (offset + len(columns))
-        row[:offset] = map(str, index)
+        row = [""] * len(self.header)
+        row[: len(index)] = map(str, index)
         for key, value in values.items():
-            row[offset + columns[key]] = _cell(value)
+            position = self.columns.get(key)
+            if position is None or position < len(self.index):
+                raise ValueError(f"{self.path.name}: no column {key!r} (the columns are {self.header})")
+            row[position] = _cell(value)
         self.writer.writerow(row)
         if time.monotonic() - self.flushed >= self.flush_secs:
             self.flush()
@@ -348,18 +170,15 @@ class _CsvTable:
         self.file.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# TensorBoard
-
-
 class _EventWriter:
-    """A ``SummaryWriter`` written one event per call: all the scalars of a row in one summary
-    (an ``add_scalar`` per key costs about 10x more)."""
+    """TensorBoard events through the public ``FileWriter``: all the scalars of a row in one
+    summary (a ``SummaryWriter.add_scalar`` per key costs about 10x more)."""
 
     def __init__(self, folder: Path, prefix: str, keep: bool, resume: int | None, flush_secs: float) -> None:
         try:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
             from tensorboard.compat.proto.summary_pb2 import Summary
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.writer import FileWriter
         except ImportError as error:
             raise ImportError(
                 "TensorBoard logging needs the tensorboard package (pip install tensorboard); "
@@ -371,12 +190,12 @@ class _EventWriter:
         self.summary = Summary
         self.prefix = prefix
         self.tags: dict[str, str] = {}
-        self.writer = SummaryWriter(
-            log_dir=str(folder),
-            purge_step=None if resume is None else resume + 1,
-            max_queue=1000,
-            flush_secs=max(1, round(flush_secs)),
-        )
+        self.writer = FileWriter(str(folder), max_queue=1000, flush_secs=max(1, round(flush_secs)))
+        if resume is not None:
+            # TensorBoard drops the events at and after this step that earlier files hold
+            purge = resume + 1
+            self.writer.add_event(Event(step=purge, file_version="brain.Event:2"))
+            self.writer.add_event(Event(step=purge, session_log=SessionLog(status=SessionLog.START)))
 
     def add(self, step: int, values: Mapping[str, Any]) -> None:
         summary = self.summary()
@@ -393,18 +212,13 @@ class _EventWriter:
                 tag = tags[key] = self.prefix + key
             add(tag=tag, simple_value=number)
         if summary.value:
-            # the path torch's own add_scalar takes, here with every scalar in one summary
-            self.writer._get_file_writer().add_summary(summary, step)
+            self.writer.add_summary(summary, step)
 
     def flush(self) -> None:
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
-
-
-# ------------------------------------------------------------------------------------------------
-# The logger
 
 
 def _counter(name: str, value: Any) -> int:
@@ -416,14 +230,16 @@ def _counter(name: str, value: Any) -> int:
 class RunLogger:
     """Per-step and per-epoch scalars of a run to CSV and TensorBoard (see the module doc).
 
-    ``enabled=False`` (ranks other than 0) makes every method a no-op and creates no file.
-    ``resume_step``/``resume_epoch`` continue the files of a killed run from its last saved
-    state; without them existing files are overwritten. ``flush_secs``: CSV rows and events
-    reach the disk at least this often. Use as a context manager, or call :meth:`close`.
+    ``step_columns``/``epoch_columns``: the value columns of each file, in order. ``enabled=False``
+    (ranks other than 0) makes every method a no-op and creates no file. ``resume_step``/
+    ``resume_epoch`` continue the files of a killed run from its last saved state; without them
+    existing files are overwritten. ``flush_secs``: CSV rows and events reach the disk at least
+    this often. Use as a context manager, or call :meth:`close`.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
-    >>> with RunLogger(folder, tensorboard=False) as logger:
+    >>> with RunLogger(folder, step_columns=["loss_orig", "conflict", "clip_coef", "lr"],
+    ...                epoch_columns=["dev_eer"], tensorboard=False) as logger:
     ...     logger.log_step(1, 0, {"loss_orig": 0.5, "conflict": True, "clip_coef": None})
     ...     logger.log_step(2, 0, {"loss_orig": 0.25, "conflict": False, "lr": 1e-4})
     >>> print((folder / "steps.csv").read_text(), end="")
@@ -436,6 +252,8 @@ class RunLogger:
         self,
         folder: str | os.PathLike[str],
         *,
+        step_columns: Iterable[str],
+        epoch_columns: Iterable[str],
         tensorboard: bool = True,
         csv: bool = True,
         enabled: bool = True,
@@ -460,8 +278,9 @@ class RunLogger:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             if csv:
-                self._steps_csv = _CsvTable(self.folder / STEPS_CSV, ("step", "epoch"), keep, resume_step, flush_secs)
-                self._epochs_csv = _CsvTable(self.folder / EPOCHS_CSV, ("epoch",), keep, resume_epoch, flush_secs)
+                steps, epochs = self.folder / STEPS_CSV, self.folder / EPOCHS_CSV
+                self._steps_csv = _CsvTable(steps, ("step", "epoch"), list(step_columns), keep, resume_step, flush_secs)
+                self._epochs_csv = _CsvTable(epochs, ("epoch",), list(epoch_columns), keep, resume_epoch, flush_secs)
             if tensorboard:
                 root = self.folder / TENSORBOARD_DIR
                 self._steps_tb = _EventWriter(root / "steps", "train/", keep, resume_step, flush_secs)
@@ -525,13 +344,8 @@ class RunLogger:
 
 def _without_index(values: Mapping[str, Value], index: Mapping[str, int]) -> Mapping[str, Value]:
     """``values`` less the keys that name an index column, which must agree with the index (an
-    epoch record may carry its own ``epoch``)."""
-    if not any(key in values for key in index):
-        for key in values:
-            if not isinstance(key, str):
-                raise TypeError(f"value keys must be strings, got {key!r}")
-        return values
+    epoch record carries its own ``epoch``)."""
     for key, expected in index.items():
         if key in values and values[key] != expected:
             raise ValueError(f"values[{key!r}] = {values[key]!r} disagrees with the row's {key} {expected}")
-    return _without_index({key: value for key, value in values.items() if key not in index}, index)
+    return {key: value for key, value in values.items() if key not in index}

@@ -16,6 +16,7 @@ from typing import Any
 from dpda.checkpoint import save_weights
 from dpda.config import config_from_dict, config_to_dict
 from dpda.models import build
+from dpda.models.fairseq_convert import ConversionError
 from dpda.models.paper_checkpoint import check_name, paper_model_parts, read_state_dict
 from dpda.models.weights import load_strict
 
@@ -37,7 +38,7 @@ def convert_paper_checkpoint(
     check_name(name)
     dst = Path(dst)
     if dst.suffix != ".safetensors":
-        raise ValueError(f"{dst}: the checkpoint's name must end in .safetensors")
+        raise ConversionError(f"{dst}: the checkpoint's name must end in .safetensors")
     for path in (dst, dst.with_suffix(".json")):
         if path.exists():
             raise FileExistsError(f"{path} exists; remove it or pick another name")

@@ -1,0 +1,265 @@
+"""What runs measure, typed: the records behind ``results.json``, ``epochs.csv`` and ``summary.json``.
+
+Each record is a frozen dataclass whose fields are the JSON keys, in the order they are written.
+``to_json`` gives the plain mapping; a field whose default is ``None`` is left out while it is
+``None`` (a set with one class has no EER, a run without dev set no dev metrics), every other
+field is always written. ``from_json`` reads such a mapping back, so files written by earlier
+versions stay readable, and refuses unknown or missing keys by name: run folders are often other
+people's. Torch-free, like every run-folder format.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from statistics import fmean, stdev
+from typing import Any, TypeVar
+
+from dpda.errors import DpdaError
+from dpda.suggest import did_you_mean
+
+Record = TypeVar("Record")
+Reader = Callable[[Any, str], Any]
+
+
+class ResultsError(DpdaError, ValueError):
+    """A results file that is not what dpda writes (a missing or unknown key, a wrong shape)."""
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of ``values``; the deviation of one run is 0.
+
+    >>> mean_std([1.0, 2.0, 3.0])
+    (2.0, 1.0)
+    >>> mean_std([5.0])
+    (5.0, 0.0)
+    """
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    return fmean(values), (stdev(values) if len(values) > 1 else 0.0)
+
+
+def conflict_rate(conflicts: int, flagged_steps: int) -> float:
+    """Conflicting optimizer steps over the steps with a defined conflict flag (skipped steps and
+    ``concat`` mode have none); NaN when there are none. The one definition behind the epoch
+    rows, the run's pooled rate, the report and the demo.
+
+    >>> conflict_rate(3, 12), conflict_rate(0, 0)
+    (0.25, nan)
+    """
+    return conflicts / flagged_steps if flagged_steps else math.nan
+
+
+class JsonRecord:
+    """``to_json``/``from_json`` for the frozen dataclasses below (see the module doc)."""
+
+    @classmethod
+    def nested(cls) -> Mapping[str, Reader]:
+        """Key -> the reader of its value, for keys whose values are records themselves."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        out = {}
+        for item in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if value is None and item.default is None:
+                continue
+            if isinstance(value, dict):
+                value = {key: _plain(entry) for key, entry in value.items()}
+            elif isinstance(value, list):
+                value = [_plain(entry) for entry in value]
+            out[item.name] = _plain(value)
+        return out
+
+    @classmethod
+    def from_json(cls: type[Record], data: Any, source: str | None = None) -> Record:
+        """The record in ``data``, every key checked against the fields (``source`` names the
+        file or key in errors)."""
+        source = source or cls.__name__
+        if not isinstance(data, Mapping):
+            raise ResultsError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = fields(cls)  # type: ignore[arg-type]
+        names = [item.name for item in known]
+        for key in data:
+            if key not in names:
+                raise ResultsError(f"{source}: unknown key {key!r}{did_you_mean(str(key), names)}")
+        missing = [
+            i.name for i in known if i.default is MISSING and i.default_factory is MISSING and i.name not in data
+        ]
+        if missing:
+            raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
+        nested = cls.nested()  # type: ignore[attr-defined]
+        return cls(
+            **{
+                key: nested[key](value, f"{source}: {key}") if key in nested and value is not None else value
+                for key, value in data.items()
+            }
+        )
+
+
+def _plain(value: Any) -> Any:
+    return value.to_json() if isinstance(value, JsonRecord) else value
+
+
+def _mapping_of(reader: Callable[[Any, str], Record]) -> Callable[[Any, str], dict[str, Record]]:
+    def read(data: Any, source: str) -> dict[str, Record]:
+        if not isinstance(data, Mapping):
+            raise ResultsError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        return {name: reader(entry, f"{source}[{name!r}]") for name, entry in data.items()}
+
+    return read
+
+
+def _list_of(reader: Callable[[Any, str], Record]) -> Callable[[Any, str], list[Record]]:
+    def read(data: Any, source: str) -> list[Record]:
+        if not isinstance(data, list):
+            raise ResultsError(f"{source}: expected a JSON list, got {type(data).__name__}")
+        return [reader(entry, f"{source}[{index}]") for index, entry in enumerate(data)]
+
+    return read
+
+
+@dataclass(frozen=True)
+class SetMetrics(JsonRecord):
+    """One labelled set scored: counts, and the metrics both classes make defined."""
+
+    protocol: str | None = field(default=None, kw_only=True)  # the eval protocol, where there is one
+    utterances: int
+    bonafide: int
+    spoof: int
+    eer: float | None = None
+    eer_threshold: float | None = None
+    min_dcf: float | None = None
+    act_dcf: float | None = None
+    cllr: float | None = None
+    eer_per_attack: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class EvalResults(JsonRecord):
+    """``dpda eval``'s ``results.json``: the checkpoint, how it scored, and each set's metrics."""
+
+    checkpoint: str
+    score: str
+    max_seconds: float | None
+    sets: dict[str, SetMetrics]
+
+    @classmethod
+    def nested(cls) -> Mapping[str, Reader]:
+        return {"sets": _mapping_of(SetMetrics.from_json)}
+
+
+@dataclass(frozen=True)
+class DevMetrics(JsonRecord):
+    """The dev set under the current weights: the training loss (class weights included) and EER."""
+
+    dev_loss: float
+    dev_eer: float
+
+
+@dataclass(frozen=True)
+class EpochRecord(JsonRecord):
+    """One row of ``epochs.csv`` and one entry of the run's history."""
+
+    epoch: int
+    step: int
+    train_loss_orig: float
+    train_loss_aug: float
+    conflict_rate: float
+    mean_cosine: float
+    steps: int
+    skipped_steps: int
+    conflicts: int
+    flagged_steps: int
+    lr: float
+    train_seconds: float
+    dev_loss: float | None = None
+    dev_eer: float | None = None
+
+    @staticmethod
+    def columns(with_dev: bool) -> list[str]:
+        """The value columns of ``epochs.csv`` (after its ``epoch`` index), known before the first
+        epoch ends."""
+        names = [item.name for item in fields(EpochRecord)][1:]
+        return [name for name in names if with_dev or not name.startswith("dev_")]
+
+    @property
+    def dev(self) -> DevMetrics | None:
+        return None if self.dev_loss is None or self.dev_eer is None else DevMetrics(self.dev_loss, self.dev_eer)
+
+
+def pooled_conflict_rate(history: Sequence[EpochRecord]) -> float:
+    """The conflict rate over every epoch's steps (not the mean of the epochs' rates)."""
+    return conflict_rate(sum(r.conflicts for r in history), sum(r.flagged_steps for r in history))
+
+
+@dataclass(frozen=True)
+class RunResults(JsonRecord):
+    """``dpda train``'s ``results.json``: what the run did, its dev and eval metrics with the
+    final (averaged) weights, and the history of its epochs."""
+
+    name: str
+    seed: int
+    paper_row: str | None
+    epochs: int
+    steps: int
+    best_epoch: int
+    skipped_steps: int
+    averaged_epochs: list[int]
+    conflict_rate: float
+    train_seconds: float
+    dev: DevMetrics | None = None
+    eval: dict[str, SetMetrics] | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def comparable(self) -> dict[str, float]:
+        """The numbers seeds are summarised over: dev loss and EER (keys ``dev_dev_loss``,
+        ``dev_dev_eer``, as summary.json has always named them), each eval set's EER, best epoch."""
+        values: dict[str, float] = {}
+        if self.dev is not None:
+            values.update({f"dev_{key}": value for key, value in self.dev.to_json().items()})
+        values.update({f"eval/{name}/eer": m.eer for name, m in (self.eval or {}).items() if m.eer is not None})
+        values["best_epoch"] = self.best_epoch
+        return {key: float(value) for key, value in values.items()}
+
+    @classmethod
+    def nested(cls) -> Mapping[str, Reader]:
+        return {
+            "dev": DevMetrics.from_json,
+            "eval": _mapping_of(SetMetrics.from_json),
+            "history": _list_of(EpochRecord.from_json),
+        }
+
+
+@dataclass(frozen=True)
+class Spread(JsonRecord):
+    """One metric over seeds: mean, sample standard deviation and the values."""
+
+    mean: float
+    std: float
+    values: list[float]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(*mean_std(values), list(values))
+
+
+@dataclass(frozen=True)
+class SeedSummary(JsonRecord):
+    """``summary.json`` of a multi-seed experiment: every comparable metric's spread over seeds."""
+
+    seeds: list[int]
+    metrics: dict[str, Spread]
+
+    @classmethod
+    def of(cls, runs: Sequence[RunResults]) -> SeedSummary:
+        collected: dict[str, list[float]] = {}
+        for run in runs:
+            for key, value in run.comparable().items():
+                collected.setdefault(key, []).append(value)
+        return cls([run.seed for run in runs], {key: Spread.of(values) for key, values in collected.items()})
+
+    @classmethod
+    def nested(cls) -> Mapping[str, Reader]:
+        return {"metrics": _mapping_of(Spread.from_json)}
