@@ -1,8 +1,10 @@
 """The shipped experiment configs: they load, name real paper rows, and their parts build.
 
 Covers ``configs/default.yaml`` and every YAML under ``configs/paper``, ``configs/baselines``
-and ``configs/builtin``. Models are built once per distinct model section, with a tiny random
-SSL front-end in place of XLS-R; MUSAN&RIR chains get tiny synthetic folders.
+and ``configs/builtin`` (not ``configs/paper/base``: parts the paper rows start from, tested
+through the rows, with the ``base:`` mechanics on files of their own). Models are built once per
+distinct model section, with a tiny random SSL front-end in place of XLS-R; MUSAN&RIR chains get
+tiny synthetic folders.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import textwrap
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from test_augment_noise_reverb import write_musan, write_rirs
 
 from dpda.align import make_aligner
 from dpda.augment import load_chain
-from dpda.config import DataSet, ExperimentConfig, load_config
+from dpda.config import ConfigError, DataSet, ExperimentConfig, config_to_dict, load_config, save_config
 from dpda.data.protocols import (
     read_asvspoof2019,
     read_asvspoof2021,
@@ -149,17 +152,17 @@ def unique(items: list[tuple[str, Any]]) -> list[Any]:
 
 
 @cache
-def raw(path: Path) -> dict[str, Any]:
-    """The file as plain YAML (collection must not fail on a config that does not load); read-only."""
+def resolved(path: Path) -> dict[str, Any]:
+    """The config as plain data, its bases merged; {} for one that does not load (collection must
+    not fail on it: test_config_loads names the error); read-only."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
+        return config_to_dict(load(path))
+    except ConfigError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def section(path: Path, name: str, default: Any) -> Any:
-    value = raw(path).get(name)
+    value = resolved(path).get(name)
     return default if value is None else value
 
 
@@ -264,6 +267,16 @@ def test_paper_readme_lists_every_config_with_its_row_and_numbers():
         assert expected in lines, expected
 
 
+@pytest.mark.parametrize("path", PAPER_FILES, ids=rel)
+def test_paper_row_files_state_only_what_sets_the_row_apart(path):
+    """The shared settings live in configs/paper/base; a row names its back-end's base."""
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    assert data["base"] == f"base/{load(path).model['name']}.yaml"
+    assert set(data) <= {"base", "name", "paper_row", "dualpath", "augment"}
+    assert len(text.splitlines()) <= 30
+
+
 # ---------------------------------------------------------------------------------------------
 # Data sets
 
@@ -287,6 +300,103 @@ def test_scored_length_is_the_training_crop(path):
     config = load(path)
     if config.eval.max_seconds is not None:
         assert int(config.eval.max_seconds * config.data.sample_rate) == config.data.crop_length
+
+
+# ---------------------------------------------------------------------------------------------
+# base: files merged under the file that names them
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_bases_of_bases_merge_mappings_key_by_key_and_replace_lists(tmp_path):
+    write(
+        tmp_path / "parts" / "root.yaml",
+        """
+        seed: 7
+        optim: {lr: 1.0e-3, betas: [0.8, 0.9]}
+        model: {name: aasist_l, extra: {a: 1, b: 2}}
+        """,
+    )
+    write(tmp_path / "parts" / "mid.yaml", "base: root.yaml\noptim: {weight_decay: 0.0}\nmodel: {extra: {b: 3}}\n")
+    row = write(tmp_path / "row.yaml", "base: parts/mid.yaml\nname: row\noptim: {betas: [0.5, 0.6]}\n")
+    config = load_config(row)
+    assert (config.name, config.seed) == ("row", 7)
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.betas) == (1e-3, 0.0, (0.5, 0.6))
+    assert config.model == {"name": "aasist_l", "extra": {"a": 1, "b": 3}}
+    assert load_config(row, ["optim.lr=2e-3"]).optim.lr == 2e-3  # overrides apply to the merged config
+
+
+def test_a_list_of_bases_is_applied_in_order(tmp_path):
+    write(tmp_path / "a.yaml", "seed: 1\ntrain: {epochs: 3, patience: 2}\n")
+    write(tmp_path / "b.yaml", "seed: 2\ntrain: {epochs: 4}\n")
+    config = load_config(write(tmp_path / "row.yaml", "base: [a.yaml, b.yaml]\ntrain: {n_best: 1}\n"))
+    assert (config.seed, config.train.epochs, config.train.patience, config.train.n_best) == (2, 4, 2, 1)
+
+
+def test_null_over_a_base_value_sets_null(tmp_path):
+    write(tmp_path / "base.yaml", "train: {patience: 3}\neval: {max_seconds: 4.0}\n")
+    row = write(
+        tmp_path / "row.yaml",
+        "base: base.yaml\ntrain: {patience: null}\naugment: {chain: null, inline: {stages: []}}\n",
+    )
+    config = load_config(row)
+    assert (config.train.patience, config.eval.max_seconds) == (None, 4.0)
+    assert (config.augment.chain, config.augment.inline) == (None, {"stages": []})
+
+
+def test_a_bad_key_in_a_base_names_the_file_and_its_bases(tmp_path):
+    base = write(tmp_path / "base.yaml", "optim: {lrr: 1.0}\n")
+    row = write(tmp_path / "row.yaml", "base: base.yaml\n")
+    with pytest.raises(ConfigError, match="did you mean 'lr'") as error:
+        load_config(row)
+    assert (error.value.key, error.value.source) == ("optim.lrr", f"{row} (over {base})")
+
+
+@pytest.mark.parametrize(
+    "files, problem",
+    [
+        ({"row.yaml": "base: nowhere.yaml\n"}, "'nowhere.yaml': no such file"),
+        ({"row.yaml": "base: row.yaml\n"}, "a cycle of bases: {row} -> {row}"),
+        (
+            {"row.yaml": "base: a.yaml\n", "a.yaml": "base: row.yaml\n"},
+            "a cycle of bases: {row} -> {a} -> {row}",
+        ),
+        ({"row.yaml": "base: 3\n"}, "expected a path or a list of paths, found 3"),
+        ({"row.yaml": "base: [a.yaml, {b: 1}]\n"}, "expected a path or a list of paths"),
+        ({"row.yaml": "base: null\n"}, "expected a path or a list of paths, found None"),
+    ],
+    ids=["missing", "self-cycle", "cycle", "number", "list-of-non-strings", "null"],
+)
+def test_a_bad_base_is_refused_naming_the_file_and_key(tmp_path, files, problem):
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    row, a = tmp_path / "row.yaml", tmp_path / "a.yaml"
+    with pytest.raises(ConfigError, match=re.escape(problem.format(row=row, a=a))) as error:
+        load_config(row)
+    assert error.value.key == "base"
+    assert error.value.source == (f"{a} (base of {row})" if "a.yaml" in files else str(row))
+
+
+def test_a_base_that_is_not_a_mapping_is_refused_naming_it_and_its_file(tmp_path):
+    write(tmp_path / "list.yaml", "[1, 2]\n")
+    row = write(tmp_path / "row.yaml", "base: list.yaml\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections") as error:
+        load_config(row)
+    assert error.value.source == f"{tmp_path / 'list.yaml'} (base of {row})"
+
+
+def test_a_run_folder_keeps_the_merged_config_without_base(tmp_path):
+    write(tmp_path / "parts" / "base.yaml", "seed: 3\noptim: {lr: 1.0e-4}\n")
+    config = load_config(write(tmp_path / "row.yaml", "base: parts/base.yaml\nname: row\n"))
+    saved = tmp_path / "runs" / "row" / "config.yaml"
+    save_config(config, saved)
+    assert "base" not in yaml.safe_load(saved.read_text(encoding="utf-8"))
+    (tmp_path / "parts" / "base.yaml").unlink()  # the run folder needs no other file
+    assert load_config(saved) == config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ at once with the file, the dotted key and the expected value named, not hours in
 Paths are kept as written; relative ones are resolved by their users against the working
 directory. ``save_config`` writes the resolved copy that a run folder keeps.
 
+A file may start from others: a top-level ``base:`` (a path, or a list applied in order, relative
+to the file naming it) is loaded first, recursively, and the file's own mapping is merged over it
+(mappings key by key; lists, scalars and ``null`` replace), so that configs that differ in a few
+keys (``configs/paper``) state only those. The checks then run on the merged mapping, and the
+saved copy is whole, without ``base:``, so that a run folder never depends on other files.
+
 YAML reads ``1e-6`` (no dot) as a string; the loader here reads it as a float, as YAML 1.2 does,
 in files and override values alike, and float fields also accept such strings from plain dicts.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -255,16 +262,17 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?\d+[
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The config in the YAML file at ``path`` (defaults only when None) with ``overrides`` applied.
 
-    Each override is ``"dotted.key=value"``, the value read as YAML (``1e-5``, ``true``, ``null``,
-    ``[0.2, 0.8]``, ``{kind: csv, protocol: p.csv}``); keys inside free-form mappings (``model``,
-    ``*options``, ``augment.inline``) may be new, all others must exist.
+    The file's ``base:`` files are merged under it first (see the module docstring). Each override
+    is ``"dotted.key=value"``, the value read as YAML (``1e-5``, ``true``, ``null``, ``[0.2, 0.8]``,
+    ``{kind: csv, protocol: p.csv}``); keys inside free-form mappings (``model``, ``*options``,
+    ``augment.inline``) may be new, all others must exist.
     """
-    source = "<defaults>" if path is None else str(path)
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = _parse(Path(path).read_text(encoding="utf-8"), source) or {}
-        if not isinstance(data, dict):
-            raise ConfigError("", f"expected a mapping of sections, found {_show(data)}", source)
+    if path is None:
+        return config_with_overrides({}, overrides, source="<defaults>")
+    bases: list[Path] = []
+    data = _read(Path(path), (), bases)
+    # a key in the merged mapping may come from a base: the source names them all
+    source = f"{path} (over {', '.join(map(str, bases))})" if bases else str(path)
     return config_with_overrides(data, overrides, source=source)
 
 
@@ -307,6 +315,40 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
+
+
+def _read(path: Path, chain: tuple[Path, ...], bases: list[Path]) -> dict[str, Any]:
+    """The mapping of the YAML file at ``path`` merged over its ``base:`` files; ``chain`` holds the
+    files that led here (to name a cycle), ``bases`` collects every base read, in order."""
+    source = f"{path} (base of {chain[-1]})" if chain else str(path)
+    data = _parse(path.read_text(encoding="utf-8"), source) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"expected a mapping of sections, found {_show(data)}", source)
+    names = data.pop("base", [])
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError("base", f"expected a path or a list of paths, found {_show(names)}", source)
+    chain = (*chain, path)
+    merged: dict[str, Any] = {}
+    for name in names:
+        base = Path(os.path.normpath(path.parent / name))
+        if any(base.resolve() == seen.resolve() for seen in chain):
+            raise ConfigError("base", f"a cycle of bases: {' -> '.join(map(str, (*chain, base)))}", source)
+        if not base.is_file():
+            raise ConfigError("base", f"{name!r}: no such file ({base})", source)
+        bases.append(base)
+        merged = _merge(merged, _read(base, chain, bases))
+    return _merge(merged, data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged over ``base``, so that a file states only the keys it changes: mappings
+    merge key by key; lists, scalars and None replace."""
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
 
 
 def _parse(text: str, source: str) -> Any:
