@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dpda.atomic import atomic_path, fsync_path
+from dpda.errors import DpdaError
 
 __all__ = [
     "BestCheckpoints",
@@ -60,7 +61,7 @@ _MARKERS = frozenset({"__tensor__", "__ndarray__", "__tuple__", "__items__", "__
 _INT64 = 2**63  # ints beyond int64 go to JSON as hex: other JSON readers and Python's str(int) limit
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DpdaError, ValueError):
     """A checkpoint that cannot be used: missing, corrupt, foreign, or of another architecture."""
 
 

@@ -38,12 +38,13 @@ from dpda.corpus.render import render
 from dpda.corpus.shortcut import MIN_EER, features, shortcut_check
 from dpda.corpus.signal import SAMPLE_RATE
 from dpda.corpus.sources import SHARE, SOURCES
+from dpda.errors import DpdaError
 
 FORMAT = 1
 AUDIO_TEMPLATE = "flac/{utt_id}.flac"
 
 
-class CorpusError(RuntimeError):
+class CorpusError(DpdaError, RuntimeError):
     """A corpus folder that cannot be built into as asked (another seed or size, foreign files)."""
 
 

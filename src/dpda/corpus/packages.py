@@ -10,9 +10,10 @@ from collections.abc import Iterable
 
 from dpda.corpus.generators import GENERATORS
 from dpda.corpus.sources import SOURCES
+from dpda.errors import DpdaError
 
 
-class MissingPackagesError(RuntimeError):
+class MissingPackagesError(DpdaError, RuntimeError):
     """Raised before any work when a package is absent and cannot be installed here."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dpda.errors import DpdaError
 
-class ProtocolError(ValueError):
+
+class ProtocolError(DpdaError, ValueError):
     """A protocol file that cannot be read as its format says."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None) -> None:
@@ -15,7 +17,7 @@ class ProtocolError(ValueError):
         self.line = line
 
 
-class AudioValidationError(ValueError):
+class AudioValidationError(DpdaError, ValueError):
     """Audio files that failed validation, all of them reported together."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:

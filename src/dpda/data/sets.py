@@ -13,9 +13,10 @@ from dpda.data import (
     read_protocol,
     validate,
 )
+from dpda.errors import DpdaError
 
 
-class DataError(ValueError):
+class DataError(DpdaError, ValueError):
     """A data set that cannot be used: unreadable protocol, missing or bad audio, one class only."""
 
 

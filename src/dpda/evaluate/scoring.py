@@ -15,6 +15,7 @@ from tqdm import tqdm
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
 from dpda.dualpath.loss import logits_of
+from dpda.errors import DpdaError
 from dpda.names import SCORE_KINDS
 
 #: How a score is read from the two logits (index 1 = bona fide): the log-odds margin, or the
@@ -56,7 +57,7 @@ def predict(
     return ids, torch.cat(logits), torch.cat(labels)
 
 
-class ScoreError(ValueError):
+class ScoreError(DpdaError, ValueError):
     """A score file that does not match its protocol: unknown, missing or repeated ids, NaN."""
 
 

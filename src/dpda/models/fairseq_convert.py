@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from dpda.atomic import atomic_folder
+from dpda.errors import DpdaError
 
 if TYPE_CHECKING:
     from transformers import Wav2Vec2Config
@@ -52,7 +53,12 @@ if TYPE_CHECKING:
 # Restricted loading
 
 
-class UnsafeCheckpointError(ValueError):
+class ConversionError(DpdaError, ValueError):
+    """A checkpoint that cannot be read or converted: not ``torch.save`` output, not a fairseq
+    model, or a configuration that disagrees with its tensors."""
+
+
+class UnsafeCheckpointError(ConversionError):
     """The checkpoint names globals that loading it would have to import or call."""
 
 
@@ -117,7 +123,7 @@ def _pickle_globals(path: Path) -> set[str]:
         try:
             ops = [(opcode.name, arg) for opcode, arg, _ in pickletools.genops(stream)]
         except (ValueError, EOFError) as error:
-            raise ValueError(f"{path}: not a torch.save file (its pickle does not parse: {error})") from None
+            raise ConversionError(f"{path}: not a torch.save file (its pickle does not parse: {error})") from None
         for opcode, arg in ops:
             if opcode in ("GLOBAL", "INST"):
                 module, name = arg.split(" ", 1)
@@ -130,7 +136,7 @@ def _pickle_globals(path: Path) -> set[str]:
         with zipfile.ZipFile(path) as archive:
             records = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
             if len(records) != 1:
-                raise ValueError(f"{path} is a zip file but not a torch.save checkpoint")
+                raise ConversionError(f"{path} is a zip file but not a torch.save checkpoint")
             with archive.open(records[0]) as stream:
                 scan(stream)
     else:  # legacy format: magic number, protocol, system info, then the object
@@ -212,13 +218,13 @@ def load_fairseq_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
     dicts; empty when absent) of a fairseq checkpoint, or of a bare state dict."""
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
+        raise ConversionError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
     if isinstance(checkpoint.get("model"), Mapping):
         cfg = checkpoint.get("cfg") or checkpoint.get("args") or {}
         return dict(checkpoint["model"]), plain(cfg)
     if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
         return dict(checkpoint), {}
-    raise ValueError(f"{path}: neither a fairseq checkpoint (no 'model') nor a state dict")
+    raise ConversionError(f"{path}: neither a fairseq checkpoint (no 'model') nor a state dict")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ def map_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> tuple[dic
     under ``prefix`` are read (e.g. ``"ssl_model.model."`` in the paper's released detectors);
     training-only parts are dropped."""
     if prefix and not any(key.startswith(prefix) for key in state):
-        raise ValueError(f"no key starts with the prefix {prefix!r}")
+        raise ConversionError(f"no key starts with the prefix {prefix!r}")
     renamed: dict[str, Tensor] = {}
     unmapped = []
     for key, tensor in state.items():
@@ -297,7 +303,7 @@ def rename_fairseq_keys(state: Mapping[str, Tensor], prefix: str = "") -> dict[s
     """``map_fairseq_keys``, with any unknown key an error listing them all."""
     renamed, unmapped = map_fairseq_keys(state, prefix)
     if unmapped:
-        raise ValueError(f"{len(unmapped)} fairseq key(s) have no transformers counterpart: {', '.join(unmapped)}")
+        raise ConversionError(f"{len(unmapped)} fairseq key(s) have no transformers counterpart: {', '.join(unmapped)}")
     return renamed
 
 
@@ -411,11 +417,11 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = value(node.left), value(node.right)
             return left + right if isinstance(node.op, ast.Add) else left * right
-        raise ValueError(f"unsupported conv_feature_layers expression: {spec!r}")
+        raise ConversionError(f"unsupported conv_feature_layers expression: {spec!r}")
 
     layers = value(ast.parse(spec, mode="eval").body)
     if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
-        raise ValueError(f"conv_feature_layers is not a list of (dim, kernel, stride): {spec!r}")
+        raise ConversionError(f"conv_feature_layers is not a list of (dim, kernel, stride): {spec!r}")
     return layers
 
 
@@ -435,12 +441,12 @@ def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wa
     ]
     absent = [key for key in required if key not in state]
     if absent:
-        raise ValueError(f"the checkpoint lacks the encoder's {', '.join(absent)}")
+        raise ConversionError(f"the checkpoint lacks the encoder's {', '.join(absent)}")
     convs = _indices(state, r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight")
     shapes = [state[f"feature_extractor.conv_layers.{i}.conv.weight"].shape for i in convs]
     normed = _indices(state, r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.weight")
     if normed not in (convs, [0]):
-        raise ValueError(f"unrecognised feature-encoder normalisation on conv layers {normed}")
+        raise ConversionError(f"unrecognised feature-encoder normalisation on conv layers {normed}")
     pos = state[f"{_POS}.parametrizations.weight.original1"].shape  # (hidden, hidden / groups, kernel)
     sizes = {
         "conv_dim": [s[0] for s in shapes],
@@ -460,15 +466,17 @@ def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wa
     elif sizes["conv_kernel"] == [kernel for _, kernel, _ in STANDARD_CONV]:
         strides = [stride for _, _, stride in STANDARD_CONV]
     else:
-        raise ValueError("non-standard conv kernels and no conv_feature_layers in the config: strides unknown")
+        raise ConversionError("non-standard conv kernels and no conv_feature_layers in the config: strides unknown")
     heads = options.get("encoder_attention_heads", HEADS_BY_WIDTH.get(sizes["hidden_size"]))
     if heads is None:
-        raise ValueError(f"no encoder_attention_heads in the config and no default for width {sizes['hidden_size']}")
+        raise ConversionError(
+            f"no encoder_attention_heads in the config and no default for width {sizes['hidden_size']}"
+        )
     activation = options.get("activation_fn", "gelu")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation_fn {activation!r}")
+        raise ConversionError(f"unsupported activation_fn {activation!r}")
     if options.get("layer_type", "transformer") != "transformer":
-        raise ValueError(f"unsupported layer_type {options['layer_type']!r} (only 'transformer')")
+        raise ConversionError(f"unsupported layer_type {options['layer_type']!r} (only 'transformer')")
     return Wav2Vec2Config(
         **sizes,
         conv_stride=strides,
@@ -548,7 +556,7 @@ def _check_options(sizes: Mapping[str, Any], options: Mapping[str, Any]) -> None
         found["conv_feature_layers"] = [(d, k) for d, k, _ in parse_conv_layers(found["conv_feature_layers"])]
     wrong = [f"{k}={found[k]!r} (tensors: {expected[k]!r})" for k in found if found[k] != expected[k]]
     if wrong:
-        raise ValueError(f"the checkpoint's config disagrees with its tensors: {'; '.join(wrong)}")
+        raise ConversionError(f"the checkpoint's config disagrees with its tensors: {'; '.join(wrong)}")
 
 
 def fairseq_to_transformers(
@@ -567,10 +575,10 @@ def fairseq_to_transformers(
     missing = sorted(set(expected) - set(renamed))
     extra = sorted(set(renamed) - set(expected))
     if missing or extra:
-        raise ValueError(f"the converted weights do not fill Wav2Vec2Model: missing {missing}, extra {extra}")
+        raise ConversionError(f"the converted weights do not fill Wav2Vec2Model: missing {missing}, extra {extra}")
     wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k])}" for k, v in renamed.items() if v.shape != expected[k]]
     if wrong:
-        raise ValueError(f"shape mismatch: {'; '.join(wrong)}")
+        raise ConversionError(f"shape mismatch: {'; '.join(wrong)}")
     return config, {k: v.contiguous() for k, v in renamed.items()}
 
 
@@ -622,7 +630,7 @@ def convert_fairseq_checkpoint(
         raise FileExistsError(f"{dst} exists; remove it or pick another folder")
     state, cfg = load_fairseq_checkpoint(src)
     if not prefix and any(key.removeprefix("module.").startswith(DETECTOR_FRONTEND) for key in state):
-        raise ValueError(
+        raise ConversionError(
             f"{src}: a whole detector's state dict (its SSL front-end under '{DETECTOR_FRONTEND}', "
             f"as the paper code saves it), not an SSL model; convert it with "
             f"`dpda convert-paper {src} DST.safetensors --model NAME`"

@@ -19,7 +19,13 @@ from typing import Any
 from torch import Tensor
 
 from dpda.models.detector import SSLDetector
-from dpda.models.fairseq_convert import DETECTOR_FRONTEND, derive_config, load_checkpoint, map_fairseq_keys
+from dpda.models.fairseq_convert import (
+    DETECTOR_FRONTEND,
+    ConversionError,
+    derive_config,
+    load_checkpoint,
+    map_fairseq_keys,
+)
 from dpda.models.registry import SSL_BACKENDS, build
 from dpda.models.weights import load_strict
 
@@ -39,7 +45,7 @@ XLSR2_300M_OPTIONS = {
 
 def check_name(name: str) -> None:
     if name not in SSL_BACKENDS:
-        raise ValueError(f"unknown paper model {name!r}; valid: {', '.join(SSL_BACKENDS)}")
+        raise ConversionError(f"unknown paper model {name!r}; valid: {', '.join(SSL_BACKENDS)}")
 
 
 def paper_model_parts(
@@ -85,10 +91,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A ``torch.save`` state dict, read without unpickling arbitrary objects."""
     state = load_checkpoint(path)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
+        raise ConversionError(
+            f"{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}"
+        )
     others = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
     if others or not state:
-        raise ValueError(
+        raise ConversionError(
             f"{path}: expected a state dict (a mapping of names to tensors); "
             f"{'it is empty' if not state else f'entries that are no tensors: {others[:5]}'}"
         )

@@ -15,10 +15,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from dpda.errors import DpdaError
+
+
+class WeightsError(DpdaError, ValueError):
+    """Weights that do not fit the model (keys, shapes), or an init file that is not safetensors."""
+
 
 def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load ``state`` into ``model``; a key without a place, a weight left unfilled or a shape
-    that differs is a ``ValueError`` naming ``source`` and listing each of them."""
+    that differs is a ``WeightsError`` naming ``source`` and listing each of them."""
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
@@ -28,7 +34,7 @@ def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> N
         if k in expected and v.shape != expected[k].shape
     ]
     if unexpected or missing or wrong:
-        raise ValueError(
+        raise WeightsError(
             f"{source} does not fit the model: keys without a place {_listed(unexpected)}; "
             f"weights not filled {_listed(missing)}; shape mismatches {_listed(wrong)}"
         )
@@ -49,7 +55,7 @@ def load_init(model: nn.Module, path: str | os.PathLike[str]) -> None:
     try:
         state = load_file(path)
     except SafetensorError as error:
-        raise ValueError(
+        raise WeightsError(
             f"model.init: {path} is not a safetensors file ({error}); dpda never unpickles weights: "
             "convert a released .pth with `dpda convert-paper`"
         ) from None
