@@ -7,9 +7,16 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpda import __version__
+from dpda.errors import DpdaError
 from dpda.names import DIRECTIONS, PROTOCOL_KINDS
+
+if TYPE_CHECKING:
+    import torch
+
+    from dpda.evaluate.evaluation import Detector
 
 # The heavy libraries (torch, torchjd) are imported by the commands that need them, so that
 # `dpda --version` and `dpda --help` answer at once.
@@ -24,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"dpda {__version__}")
+    parser.set_defaults(error_status=2)  # a command's exit status for a DpdaError (see main)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     aligners = commands.add_parser("aligners", help="list the gradient aligners and their options")
     aligners.set_defaults(handler=_list_aligners)
@@ -57,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", type=Path, help="the fairseq .pt file")
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
-    convert.set_defaults(handler=_convert_fairseq)
+    convert.set_defaults(handler=_convert_fairseq, error_status=1)  # a failed conversion exits 1, as before
     paper = commands.add_parser(
         "convert-paper",
         help="convert a released paper detector (.pth state dict) to a dpda checkpoint",
@@ -72,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument(
         "--model", required=True, metavar="NAME", help="the paper model: xlsr_conformer_tcm, xlsr_aasist or xlsr_mamba"
     )
-    paper.set_defaults(handler=_convert_paper)
+    paper.set_defaults(handler=_convert_paper, error_status=1)
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
@@ -114,18 +122,18 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         path = write_report(args.runs, args.out)
-    except (ValueError, OSError) as error:
-        print(f"dpda report: {error}", file=sys.stderr)
-        return 2
+    except DpdaError:
+        raise
+    except OSError as error:
+        raise _unusable(error) from error
+    except ValueError as error:  # write_report says "not a run folder" with a ValueError
+        raise DpdaError(str(error)) from error
     print(f"wrote {path}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dpda.config import ConfigError
-    from dpda.corpus import CorpusError, MissingPackagesError
     from dpda.demo import run_demo
-    from dpda.train import TrainingError
 
     try:
         run_demo(
@@ -136,9 +144,8 @@ def _demo(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             reference_model=args.reference_model,
         )
-    except (ConfigError, CorpusError, MissingPackagesError, TrainingError, ValueError, OSError) as error:
-        print(f"dpda demo: {error}", file=sys.stderr)
-        return 2
+    except OSError as error:  # --out or --reference-model
+        raise _unusable(error) from error
     return 0
 
 
@@ -201,40 +208,50 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     landscape.set_defaults(handler=_landscape)
 
 
-def _device(name: str) -> object:
-    from dpda.train.trainer import Ranks, choose_device
+def _device(name: str) -> torch.device:
+    import torch
 
+    from dpda.train.build import Ranks, choose_device
+
+    if name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError as error:  # torch's "Expected one of cpu, cuda, ... device type at start of ..."
+            raise DpdaError(f"--device {name}: {error}") from None
     return choose_device(name, Ranks())
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from dpda.checkpoint import CheckpointError
-    from dpda.config import ConfigError
-    from dpda.data.sets import DataError
-    from dpda.evaluate.evaluation import (
-        checkpoint_path,
-        evaluate_sets,
-        load_detector,
-        read_eval_sets,
-        results_markdown,
-    )
-    from dpda.evaluate.scoring import ScoreError
-    from dpda.train.trainer import TrainingError
+def _load_detector(source: Path, device: torch.device, overrides: Sequence[str] = ()) -> Detector:
+    """``load_detector`` of the checkpoint (or run folder) named on the command line."""
+    from dpda.evaluate.evaluation import load_detector
 
     try:
-        device = _device(args.device)
-        detector = load_detector(args.source, device, args.overrides)
-        if not detector.config.eval.sets:
-            raise DataError(
-                "no eval sets: the checkpoint's config has none; add them with "
-                '--set "eval.sets=[{kind: ..., protocol: ...}]"'
-            )
-        out = args.out or checkpoint_path(args.source).parent / "eval"
-        config = detector.config
+        return load_detector(source, device, overrides)
+    except DpdaError:
+        raise
+    except OSError as error:
+        raise _unusable(error) from error
+    except ValueError as error:  # load_detector's "no 'config'" (not dpda train's file), or a model it cannot build
+        raise DpdaError(str(error)) from error
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dpda.data.sets import DataError
+    from dpda.evaluate.evaluation import checkpoint_path, evaluate_sets, read_eval_sets, results_markdown
+
+    device = _device(args.device)
+    detector = _load_detector(args.source, device, args.overrides)
+    config = detector.config
+    if not config.eval.sets:
+        raise DataError(
+            "no eval sets: the checkpoint's config has none; add them with "
+            '--set "eval.sets=[{kind: ..., protocol: ...}]"'
+        )
+    out = args.out or checkpoint_path(args.source).parent / "eval"
+    try:
         results = evaluate_sets(detector, read_eval_sets(config.eval.sets, config.data.validate), out, device)
-    except (ConfigError, CheckpointError, DataError, ScoreError, TrainingError, ValueError, OSError) as error:
-        print(f"dpda eval: {error}", file=sys.stderr)
-        return 2
+    except OSError as error:  # --out (or SOURCE's folder) cannot be written
+        raise _unusable(error) from error
     print(results_markdown(results) + f"\nwritten to {out}")
     return 0
 
@@ -242,33 +259,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _landscape(args: argparse.Namespace) -> int:
     import json
 
-    from dpda.checkpoint import CheckpointError
-    from dpda.config import ConfigError
-    from dpda.data.sets import DataError
-    from dpda.evaluate.evaluation import checkpoint_path, load_detector
-    from dpda.landscape import (
-        checkpoint_landscape,
-        plot_landscape,
-        surface_sharpness,
-    )
-    from dpda.train.trainer import TrainingError
+    from dpda.evaluate.evaluation import checkpoint_path
+    from dpda.landscape import checkpoint_landscape, plot_landscape, surface_sharpness
 
-    try:
-        device = _device(args.device)
-        detector = load_detector(args.source, device, args.overrides)
-        surface = checkpoint_landscape(
-            detector.model,
-            detector.config,
-            device,
-            directions=args.directions,
-            points=args.points,
-            span=args.span,
-            utterances=args.utterances,
-            seed=args.seed,
-        )
-    except (ConfigError, CheckpointError, DataError, TrainingError, ValueError, OSError) as error:
-        print(f"dpda landscape: {error}", file=sys.stderr)
-        return 2
+    device = _device(args.device)
+    detector = _load_detector(args.source, device, args.overrides)
+    surface = checkpoint_landscape(
+        detector.model,
+        detector.config,
+        device,
+        directions=args.directions,
+        points=args.points,
+        span=args.span,
+        utterances=args.utterances,
+        seed=args.seed,
+    )
     out = args.out or checkpoint_path(args.source).parent / "landscape"
     out.mkdir(parents=True, exist_ok=True)
     surface.save(out / "landscape.npz")
@@ -280,16 +285,10 @@ def _landscape(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import json
 
-    from dpda.checkpoint import CheckpointError
-    from dpda.evaluate.evaluation import load_detector, score_files
-    from dpda.train.trainer import TrainingError
+    from dpda.evaluate.evaluation import score_files
 
-    try:
-        device = _device(args.device)
-        detector = load_detector(args.model, device)
-    except (CheckpointError, TrainingError, ValueError, OSError) as error:
-        print(f"dpda score: {error}", file=sys.stderr)
-        return 2
+    device = _device(args.device)
+    detector = _load_detector(args.model, device)
     if detector.calibration is None:
         print("dpda score: this checkpoint has no calibration (no dev set); raw scores only", file=sys.stderr)
     failed = False
@@ -355,79 +354,100 @@ def _add_corpus_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _corpus_build(args: argparse.Namespace) -> int:
-    from dpda.corpus import CorpusError, MissingPackagesError, build_corpus
+    from dpda.corpus import build_corpus
 
-    try:
-        build_corpus(
-            args.out,
-            size=args.size,
-            seed=args.seed,
-            workers=args.workers,
-            install=not args.no_install,
-            progress=not args.quiet,
-        )
-    except (CorpusError, MissingPackagesError) as error:
-        print(f"dpda corpus build: {error}", file=sys.stderr)
-        return 2
+    build_corpus(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        workers=_workers(args.workers),
+        install=not args.no_install,
+        progress=not args.quiet,
+    )
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dpda.checkpoint import CheckpointError
-    from dpda.config import ConfigError, load_config
+    from dpda.config import load_config
     from dpda.train import TrainingError, train, train_seeds
-    from dpda.train.trainer import shutdown_distributed
+    from dpda.train.build import shutdown_distributed
 
-    try:
-        if args.resume:
-            if args.config or args.overrides or args.seeds:
-                raise TrainingError("--resume takes only the run folder: its saved config is used")
-            train(None, args.resume, resume=True)
-        elif args.config is None:
-            raise TrainingError("give a config file (or --resume RUN_DIR); configs/default.yaml lists every key")
-        else:
+    if args.resume:
+        if args.config or args.overrides or args.seeds:
+            raise TrainingError("--resume takes only the run folder: its saved config is used")
+        train(None, args.resume, resume=True)
+    elif args.config is None:
+        raise TrainingError("give a config file (or --resume RUN_DIR); configs/default.yaml lists every key")
+    else:
+        try:
             config = load_config(args.config, args.overrides)
-            if args.seeds:
-                train_seeds(config, args.seeds)
-            else:
-                train(config)
-        shutdown_distributed()
-    except (ConfigError, TrainingError, CheckpointError) as error:
-        print(f"dpda train: {error}", file=sys.stderr)
-        return 2
+        except OSError as error:  # the config file named on the command line
+            raise _unusable(error) from error
+        if args.seeds:
+            train_seeds(config, args.seeds)
+        else:
+            train(config)
+    shutdown_distributed()
     return 0
 
 
 def _corpus_install(_: argparse.Namespace) -> int:
-    from dpda.corpus import MissingPackagesError, ensure_packages
+    from dpda.corpus import ensure_packages
 
-    try:
-        ensure_packages(install=True)
-    except MissingPackagesError as error:
-        print(f"dpda corpus install: {error}", file=sys.stderr)
-        return 2
+    ensure_packages(install=True)
     print("the built-in corpus has every package it needs")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command in ``argv``. A ``DpdaError`` is the user's to fix: its message is printed
+    as one line and the command exits with its ``error_status`` (2, or 1 for a failed
+    conversion). Any other exception is a bug in dpda and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except DpdaError as error:
+        _print_error(args, error)
+        return args.error_status
+
+
+def _print_error(args: argparse.Namespace, error: Exception) -> None:
+    command = " ".join(["dpda", args.command, *([args.action] if args.command == "corpus" else [])])
+    print(f"{command}: {error}", file=sys.stderr)
+
+
+def _unusable(error: OSError) -> DpdaError:
+    """An ``OSError`` on a path named on the command line (missing, a folder, not readable or
+    writable): the user's to fix, so a one-line error naming the path."""
+    if error.filename is None:  # raised by dpda with its own message, e.g. "DST exists; ..."
+        return DpdaError(str(error))
+    return DpdaError(f"{error.filename}: {error.strerror}")
+
+
+def _workers(count: int | None) -> int | None:
+    """``--workers`` checked here, where the error can name the flag (a pool says max_workers)."""
+    if count is not None and count < 1:
+        raise DpdaError(f"--workers must be at least 1, got {count}")
+    return count
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dpda.data import AudioValidationError, ProtocolError, read_protocol, validate
+    from dpda.data import AudioValidationError, read_protocol, validate
 
     options = dict(_parse_option(text) for text in args.option)
+    workers = _workers(args.workers)
     try:
         records = read_protocol(args.kind, args.protocol, **options)
-    except (ProtocolError, ValueError, TypeError) as error:
-        print(f"dpda validate: {error}", file=sys.stderr)
-        return 2
+    except DpdaError:
+        raise
+    except OSError as error:
+        raise _unusable(error) from error
+    except (TypeError, ValueError) as error:  # read_protocol's errors for an --option: unknown, or a bad value
+        raise DpdaError(str(error)) from error
     root = args.root or (args.protocol if args.protocol.is_dir() else args.protocol.parent)
     labels = Counter(r.label for r in records)
     attacks = sorted({r.attack for r in records if r.attack})
@@ -436,9 +456,9 @@ def _validate(args: argparse.Namespace) -> int:
         f"{len(attacks)} attack(s){': ' + ' '.join(attacks) if attacks else ''}"
     )
     try:
-        report = validate(records, root, decode=not args.header_only, workers=args.workers)
-    except AudioValidationError as error:
-        print(f"dpda validate: {error}", file=sys.stderr)
+        report = validate(records, root, decode=not args.header_only, workers=workers)
+    except AudioValidationError as error:  # every failed file, one a line: the command's result, exit 1
+        _print_error(args, error)
         return 1
     print(
         f"all {len(records)} files decode: {report.total_seconds / 3600:.2f} h of audio, "
@@ -452,9 +472,8 @@ def _convert_fairseq(args: argparse.Namespace) -> int:
 
     try:
         conversion = convert_fairseq_checkpoint(args.source, args.destination)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"dpda convert-fairseq: {error}", file=sys.stderr)
-        return 1
+    except OSError as error:  # SOURCE missing, DESTINATION exists or cannot be written
+        raise _unusable(error) from error
     print(conversion.summary())
     return 0
 
@@ -464,9 +483,8 @@ def _convert_paper(args: argparse.Namespace) -> int:
 
     try:
         path = convert_paper_checkpoint(args.source, args.destination, args.model)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"dpda convert-paper: {error}", file=sys.stderr)
-        return 1
+    except OSError as error:  # SOURCE missing, DESTINATION exists or cannot be written
+        raise _unusable(error) from error
     print(f"wrote {path}")
     return 0
 
@@ -474,7 +492,7 @@ def _convert_paper(args: argparse.Namespace) -> int:
 def _parse_option(text: str) -> tuple[str, object]:
     key, separator, value = text.partition("=")
     if not separator or not key:
-        raise SystemExit(f"dpda validate: --option expects KEY=VALUE, got {text!r}")
+        raise DpdaError(f"--option expects KEY=VALUE, got {text!r}")
     return key, tuple(v for v in value.split(",") if v) if key.endswith("_values") else value
 
 
