@@ -62,4 +62,4 @@ def test_convert_fairseq_writes_a_folder_and_refuses_to_overwrite(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert (tmp_path / "hf" / "config.json").is_file()
     again = run("convert-fairseq", str(tmp_path / "xlsr.pt"), str(tmp_path / "hf"))
-    assert again.returncode == 1 and "hf" in again.stderr
+    assert again.returncode == 2 and "hf" in again.stderr

@@ -47,10 +47,10 @@ def test_every_user_error_is_a_dpda_error_and_keeps_its_builtin_base(error, buil
     assert issubclass(error, DpdaError) and issubclass(error, builtin)
 
 
-def one_line_error(capsys, *argv: str, status: int = 2) -> str:
-    """``dpda ARGV`` through ``dpda.cli.main``: its exit status is ``status`` and stderr is one
+def one_line_error(capsys, *argv: str) -> str:
+    """``dpda ARGV`` through ``dpda.cli.main``: its exit status is 2 and stderr is one
     line, which is returned."""
-    assert cli.main(list(argv)) == status
+    assert cli.main(list(argv)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
@@ -99,10 +99,10 @@ def test_corpus_build_refuses_bad_workers_before_building(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_a_failed_conversion_exits_1(tmp_path, capsys):
+def test_a_failed_conversion_exits_2_like_every_user_error(tmp_path, capsys):
     missing = tmp_path / "missing.pth"
     error = one_line_error(
-        capsys, "convert-paper", str(missing), str(tmp_path / "out.safetensors"), "--model", "xlsr_aasist", status=1
+        capsys, "convert-paper", str(missing), str(tmp_path / "out.safetensors"), "--model", "xlsr_aasist"
     )
     assert error == f"dpda convert-paper: {missing}: No such file or directory\n"
 

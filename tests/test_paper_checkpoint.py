@@ -160,12 +160,12 @@ def test_converted_paper_checkpoint_scores_as_the_released_model(name, tmp_path,
     initialised = build({**meta["model"], "init": str(dst)})
     for key, value in released.state_dict().items():
         assert torch.equal(initialised.state_dict()[key], value), key
-    assert convert(str(tmp_path / "released.pth"), str(dst), "--model", name)[0] == 1  # kept, not overwritten
+    assert convert(str(tmp_path / "released.pth"), str(dst), "--model", name)[0] == 2  # kept, not overwritten
 
 
 def test_convert_fairseq_points_a_released_detector_to_convert_paper(tmp_path, capsys):
     torch.save(released_state("xlsr_aasist"), tmp_path / "released.pth")
-    assert main(["convert-fairseq", str(tmp_path / "released.pth"), str(tmp_path / "out")]) == 1
+    assert main(["convert-fairseq", str(tmp_path / "released.pth"), str(tmp_path / "out")]) == 2
     assert "dpda convert-paper" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
@@ -177,7 +177,7 @@ def test_convert_paper_lists_every_key_that_does_not_fit_in_one_error(tmp_path):
     status, error = convert(
         str(tmp_path / "released.pth"), str(tmp_path / "out.safetensors"), "--model", "xlsr_conformer_tcm"
     )
-    assert status == 1
+    assert status == 2
     assert "ssl_model.model.encoder.layers.0.adapter.weight" in error and "backend.conformer.fc5.bias" in error
     assert error.count("\n") == 1 and not (tmp_path / "out.safetensors").exists()
 
@@ -193,11 +193,11 @@ def test_convert_paper_refuses_what_is_not_a_state_dict_or_a_paper_model(tmp_pat
         ("text.pth", "not a torch.save file"),
     ):
         status, error = convert(str(tmp_path / source), out, "--model", "xlsr_aasist")
-        assert status == 1 and message in error, error
+        assert status == 2 and message in error, error
     status, error = convert(str(tmp_path / "list.pth"), out, "--model", "conformer")
-    assert status == 1 and "valid: xlsr_aasist, xlsr_conformer_tcm, xlsr_mamba" in error
+    assert status == 2 and "valid: xlsr_aasist, xlsr_conformer_tcm, xlsr_mamba" in error
     status, error = convert(str(tmp_path / "list.pth"), str(tmp_path / "out.pt"), "--model", "xlsr_aasist")
-    assert status == 1 and "must end in .safetensors" in error
+    assert status == 2 and "must end in .safetensors" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.pth", "text.pth", "training.pth"]
 
 

@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"dpda {__version__}")
-    parser.set_defaults(error_status=2)  # a command's exit status for a DpdaError (see main)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     aligners = commands.add_parser("aligners", help="list the gradient aligners and their options")
     aligners.set_defaults(handler=_list_aligners)
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", type=Path, help="the fairseq .pt file")
     convert.add_argument("destination", type=Path, help="the folder to write (must not exist)")
-    convert.set_defaults(handler=_convert_fairseq, error_status=1)  # a failed conversion exits 1, as before
+    convert.set_defaults(handler=_convert_fairseq)
     paper = commands.add_parser(
         "convert-paper",
         help="convert a released paper detector (.pth state dict) to a dpda checkpoint",
@@ -80,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument(
         "--model", required=True, metavar="NAME", help="the paper model: xlsr_conformer_tcm, xlsr_aasist or xlsr_mamba"
     )
-    paper.set_defaults(handler=_convert_paper, error_status=1)
+    paper.set_defaults(handler=_convert_paper)
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
@@ -122,12 +121,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         path = write_report(args.runs, args.out)
-    except DpdaError:
-        raise
     except OSError as error:
         raise _unusable(error) from error
-    except ValueError as error:  # write_report says "not a run folder" with a ValueError
-        raise DpdaError(str(error)) from error
     print(f"wrote {path}")
     return 0
 
@@ -227,12 +222,8 @@ def _load_detector(source: Path, device: torch.device, overrides: Sequence[str] 
 
     try:
         return load_detector(source, device, overrides)
-    except DpdaError:
-        raise
     except OSError as error:
         raise _unusable(error) from error
-    except ValueError as error:  # load_detector's "no 'config'" (not dpda train's file), or a model it cannot build
-        raise DpdaError(str(error)) from error
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -401,8 +392,8 @@ def _corpus_install(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv``. A ``DpdaError`` is the user's to fix: its message is printed
-    as one line and the command exits with its ``error_status`` (2, or 1 for a failed
-    conversion). Any other exception is a bug in dpda and keeps its traceback."""
+    as one line and the command exits with status 2. Any other exception is a bug in dpda and
+    keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -412,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except DpdaError as error:
         _print_error(args, error)
-        return args.error_status
+        return 2
 
 
 def _print_error(args: argparse.Namespace, error: Exception) -> None:

@@ -29,13 +29,14 @@ from scipy.stats import norm
 from dpda.atomic import atomic_path, write_text_atomic
 from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.data.sets import DataError, dataset_name, read_dataset
+from dpda.errors import DpdaError
 from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
 from dpda.markdown import table
 from dpda.results import RunResults, SeedSummary, conflict_rate, mean_std
 from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
 
-__all__ = ["write_report"]
+__all__ = ["ReportError", "write_report"]
 
 Columns = dict[str, list[float | None]]
 
@@ -58,6 +59,10 @@ _CAPTIONS = {  # what each figure shows, said once in the report
     "threshold, on normal-deviate axes; lower-left is better, and the curve crosses the dashed "
     "diagonal at the EER (recomputed from the score file).",
 }
+
+
+class ReportError(DpdaError, ValueError):
+    """A folder given to ``dpda report`` that holds no run."""
 
 
 class Scores(NamedTuple):
@@ -107,11 +112,11 @@ class Entry:
 def write_report(runs: Sequence[Path], out: Path) -> Path:
     """Write ``out/report.md`` and its PNG figures for the run or experiment folders ``runs``.
 
-    Raises ValueError for a path that is neither a run folder (``config.yaml``) nor a folder of
+    Raises ReportError for a path that is neither a run folder (``config.yaml``) nor a folder of
     ``seed-N`` runs. Returns the path of the Markdown file.
     """
     if not runs:
-        raise ValueError("no run folders given")
+        raise ReportError("no run folders given")
     entries = [_load_entry(Path(path)) for path in runs]
     for entry, label in zip(entries, _unique([entry.label for entry in entries])):
         entry.label = label
@@ -165,7 +170,7 @@ def _load_entry(path: Path) -> Entry:
         key=lambda child: int(child.name[5:]),
     )
     if not seeds:
-        raise ValueError(
+        raise ReportError(
             f"{path}: not a run folder (no config.yaml) nor a multi-seed experiment "
             "(no seed-N/ folders with a config.yaml)"
         )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dpda.atomic import write_text_atomic
-from dpda.checkpoint import check_architecture, load_weights
+from dpda.checkpoint import CheckpointError, check_architecture, load_weights
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
 from dpda.data.protocols import AUDIO_EXTENSIONS
@@ -48,9 +48,12 @@ def load_detector(source: str | Path, device: torch.device, overrides: Sequence[
     path = checkpoint_path(source)
     weights, meta = load_weights(path)
     if "config" not in meta:
-        raise ValueError(f"{path}: its metadata has no 'config'; was it written by dpda train?")
+        raise CheckpointError(f"{path}: its metadata has no 'config'; was it written by dpda train?")
     config = config_with_overrides(meta["config"], overrides, source=f"{path} (config)")
-    model = build(architecture(config.model))  # the weights are the checkpoint's: model.init is not read
+    try:
+        model = build(architecture(config.model))  # the weights are the checkpoint's: model.init is not read
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: its model cannot be built: {error}") from error
     check_architecture(model, weights, path)
     model.load_state_dict(weights)
     calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
