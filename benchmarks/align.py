@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import run_worker, time_and_memory  # noqa: E402
-from step import paper_pcgrad  # noqa: E402
+from measure import run_worker, time_and_memory
+from step import paper_pcgrad
 
-from dpda.align import combine_, gram_from_products, make_aligner, pairwise_products  # noqa: E402
+from dpda.align import combine_, gram_from_products, make_aligner, pairwise_products
 
 
 def xlsr_300m_shapes() -> list[tuple[int, ...]]:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import run_worker  # noqa: E402
+from measure import run_worker
 
 ALGO = 4
 CPU_SPEED_UP_TARGET = 10.0
@@ -52,7 +52,7 @@ LOADER_SPEED_UP_TARGET = 1.0
 LOADER_SECONDS = (1.0, 10.0)  # range of the utterance lengths (ASVspoof utterances)
 CROP = 66800
 GPU_REAL_TIME_TARGET = 20_000.0
-ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
 ALLOCATORS = {
     "glibc default": None,
     "glibc keeps freed memory": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296",

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import run_worker, time_and_memory  # noqa: E402
+from measure import run_worker, time_and_memory
 
-from dpda.align import combine_, gram_from_products, make_aligner, pairwise_products  # noqa: E402
-from dpda.dualpath import DualPathStep  # noqa: E402
-from dpda.models import build  # noqa: E402
+from dpda.align import combine_, gram_from_products, make_aligner, pairwise_products
+from dpda.dualpath import DualPathStep
+from dpda.models import build
 
 VARIANTS = ["concat", "split", "joint", "joint_batched", "paper"]
 CLASS_WEIGHTS = (0.1, 0.9)

@@ -4,7 +4,8 @@ logging (CSV + TensorBoard), checkpointing and the training state, on the built-
 For each model, side by side in one run:
   bare     the engine alone: the same number of optimizer steps on batches already in memory,
            the same RawBoost chain, no logging, no checkpoints
-  trainer  the training loop (`dpda.train.trainer.fit`) over the built run, on the corpus (dev evaluation off: it is extra work, not overhead),
+  trainer  the training loop (`dpda.train.trainer.fit`) over the built run, on the corpus
+           (dev evaluation off: it is extra work, not overhead),
            with 2 loader workers, logging every step, the state saved every epoch
 Both run with the trainer's default deterministic settings. Target: trainer <= 1.05x bare.
 

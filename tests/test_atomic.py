@@ -38,7 +38,7 @@ def test_outputs_get_the_umasks_permissions(tmp_path, umask_022):
         "config.yaml",
         *(str(p.relative_to(tmp_path)) for p in (tmp_path / "state").iterdir()),
     ]
-    assert {name: mode(tmp_path / name) for name in files} == {name: 0o644 for name in files}
+    assert {name: mode(tmp_path / name) for name in files} == dict.fromkeys(files, 420)
     with atomic_folder(tmp_path / "converted") as folder:
         (folder / "config.json").write_text("{}")
     assert mode(tmp_path / "converted") == 0o755 and mode(tmp_path / "converted" / "config.json") == 0o644
@@ -47,11 +47,20 @@ def test_outputs_get_the_umasks_permissions(tmp_path, umask_022):
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "scores.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
-        temporary.write_text("half")
-        raise RuntimeError("disk full")
-    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "folder") as folder:
-        (folder / "part").write_text("half")
-        raise RuntimeError("killed")
+
+    def write_file() -> None:
+        with atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("disk full")
+
+    def write_folder() -> None:
+        with atomic_folder(tmp_path / "folder") as folder:
+            (folder / "part").write_text("half")
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_file()
+    with pytest.raises(RuntimeError, match="killed"):
+        write_folder()
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.txt"]

@@ -144,7 +144,7 @@ def test_telephone_config_runs():
 
 def test_rawboost_is_looked_up_lazily_and_a_missing_module_is_named(monkeypatch):
     monkeypatch.setitem(chain_module.REGISTRY, "ghost", "dpda.augment.ghost:Ghost")
-    with pytest.raises(ImportError, match="dpda.augment.ghost"):
+    with pytest.raises(ImportError, match=r"dpda\.augment\.ghost"):
         augmentation_class("ghost")
     assert chain_module.REGISTRY["rawboost"] == "dpda.augment.rawboost:RawBoost"
 

@@ -292,7 +292,7 @@ def test_load_state_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"interrupted save left .*\.state\.old-123"):
         load_state(tmp_path / "state")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="empty/state.safetensors: no such file"):
+    with pytest.raises(CheckpointError, match=r"empty/state\.safetensors: no such file"):
         load_state(tmp_path / "empty")
     weights = tmp_path / "weights"
     save_weights(weights / "state.safetensors", {}, {})
@@ -302,7 +302,7 @@ def test_load_state_errors_name_the_file(tmp_path):
     broken.mkdir()
     skeleton = {"format": "dpda-training-state", "version": 1, "skeleton": {"a": {"__tensor__": "7"}}}
     save_file({}, broken / "state.safetensors", metadata={"dpda": json.dumps(skeleton)})
-    with pytest.raises(CheckpointError, match="broken/state.safetensors: malformed training state"):
+    with pytest.raises(CheckpointError, match=r"broken/state\.safetensors: malformed training state"):
         load_state(broken)
 
 

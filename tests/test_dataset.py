@@ -48,7 +48,7 @@ def test_order_is_seeded_and_changes_per_epoch(corpus):
     loader = ResumableLoader(dataset, 4, seed=5)
     loader.set_epoch(1)
     assert [ids for _, _, ids in batches(loader)] != first
-    assert sorted(sum(first, [])) == sorted(r.utt_id for r in records)
+    assert sorted(utt for batch in first for utt in batch) == sorted(r.utt_id for r in records)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -36,7 +36,7 @@ def test_paper_defaults_of_the_raw_models():
 @pytest.mark.parametrize("name", sorted(SMALL_BACKENDS))
 def test_ssl_detectors_with_a_tiny_front_end(name):
     model = build({"name": name, "ssl": {"tiny": "wav2vec2", "layer": "weighted"}, **SMALL_BACKENDS[name]})
-    embedding, logits = model(0.1 * torch.randn(2, 16000))
+    _, logits = model(0.1 * torch.randn(2, 16000))
     assert logits.shape == (2, 2)
     logits.sum().backward()
     assert model.ssl.layer_weights.grad is not None
@@ -50,7 +50,7 @@ def test_frozen_front_end_gets_no_gradient():
 
 
 def test_configuration_errors_name_the_key():
-    with pytest.raises(ValueError, match="valid names: .*xlsr_conformer_tcm"):
+    with pytest.raises(ValueError, match=r"valid names: .*xlsr_conformer_tcm"):
         build({"name": "xlsr_conformer"})
     with pytest.raises(ValueError, match="did you mean 'gat_dims'"):
         build({"name": "aasist", "gat_dim": [64, 32]})

@@ -225,7 +225,7 @@ def test_model_init_loads_strictly_and_never_unpickles(tmp_path):
     torch.save(source.state_dict(), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="never unpickles"):
         build({**config, "init": str(tmp_path / "weights.pth")})
-    with pytest.raises(FileNotFoundError, match="model.init"):
+    with pytest.raises(FileNotFoundError, match=r"model\.init"):
         build({**config, "init": str(tmp_path / "missing.safetensors")})
 
 

@@ -122,7 +122,7 @@ def test_a_short_utterance_is_augmented_whole_then_repeated_like_the_reference(t
     dataset = paired(tmp_path, short, 4, "augment_then_crop")
     snrs, energies = [], []
     for epoch in range(40):
-        original, augmented, label, params, utt = dataset[(0, epoch)]
+        original, augmented, *_ = dataset[(0, epoch)]
         np.testing.assert_array_equal(original, repeat_pad(short, CROP))
         # the reference pads the augmented utterance: its copy repeats with the original
         np.testing.assert_array_equal(augmented[30000:60000], augmented[:30000])

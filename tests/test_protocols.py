@@ -523,7 +523,7 @@ def test_duplicate_ids(tmp_path: Path) -> None:
 def test_empty_protocol(tmp_path: Path) -> None:
     for kind in ("asvspoof2019", "asvspoof2021", "asvspoof5"):
         path = write(tmp_path / f"{kind}.txt", ["", "  "], eol="\r\n", bom=True)
-        raises(path, "empty protocol", "no trial lines", call=lambda: read_protocol(kind, path))
+        raises(path, "empty protocol", "no trial lines", call=lambda kind=kind, path=path: read_protocol(kind, path))
     header_only = write(tmp_path / "meta.csv", ["file,speaker,label"])
     raises(header_only, "empty protocol", "no data rows", call=lambda: read_protocol("in_the_wild", header_only))
     nothing = write(tmp_path / "nothing.csv", [])

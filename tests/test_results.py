@@ -78,5 +78,5 @@ def test_a_file_that_is_not_what_dpda_writes_is_refused_by_key(change, message):
 
 
 def test_a_results_file_must_be_an_object():
-    with pytest.raises(ResultsError, match="summary.json: expected a JSON object, got list"):
+    with pytest.raises(ResultsError, match=r"summary\.json: expected a JSON object, got list"):
         SeedSummary.from_json([], "summary.json")

@@ -103,7 +103,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(corpus,
     single = _write_config(tmp_path / "one.yaml", {**config, "name": "one"})
     double = _write_config(tmp_path / "two.yaml", {**config, "name": "two"})
     subprocess.run([sys.executable, "-m", "dpda", "train", str(single)], env=_environment(), check=True)
-    completed = subprocess.run(  # noqa: PLW1510 - the return code is asserted
+    completed = subprocess.run(
         [
             sys.executable,
             "-m",

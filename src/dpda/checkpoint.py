@@ -145,8 +145,8 @@ def _read(path: Path, expected: str) -> tuple[dict[str, Tensor], dict[str, Any]]
                 "run arbitrary code. Convert it once with dpda.models' loaders: "
                 "dpda.models.fairseq_convert.load_checkpoint reads tensors and plain containers only (the "
                 "published AASIST.pth then loads into dpda's AASIST as is), "
-                "`dpda convert-paper SRC.pth DST.safetensors --model NAME` the paper's detectors (no further step), `dpda "
-                "convert-fairseq` fairseq SSL models; then write the model's state_dict with "
+                "`dpda convert-paper SRC.pth DST.safetensors --model NAME` the paper's detectors (no further "
+                "step), `dpda convert-fairseq` fairseq SSL models; then write the model's state_dict with "
                 "dpda.checkpoint.save_weights"
             ) from None
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error

@@ -304,7 +304,8 @@ def _table(entries: Sequence[Entry]) -> list[str]:
             "EERs are in %, on the final (averaged) model; the dev EER is from results.json. A row of "
             "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
             "The conflict rate is conflicting steps over all optimizer steps with a defined conflict "
-            "flag (epochs.csv; results.json holds the same). The paper column is the published EER of the config's `paper_row`, where the "
+            "flag (epochs.csv; results.json holds the same). The paper column is the published EER of the "
+            "config's `paper_row`, where the "
             "paper reports one; it was measured on the full data sets and is comparable only with runs "
             "on the same data."
         ),

@@ -30,7 +30,9 @@ SUMMARIES: dict[str, str] = {
     "pcgrad": "PCGrad, projection of conflicting gradients, mean reduction (paper)",
     "gradvac": "GradVac, EMA cosine target (paper); beta=0.5",
     "cagrad": "CAGrad, conflict-averse direction, the paper code's SLSQP solve (paper; ~2 ms per group); c=0.5",
-    "cagrad_exact": "CAGrad's objective solved exactly (closed form; differs from the paper's solver at small gradients); c=0.5",
+    "cagrad_exact": (
+        "CAGrad's objective solved exactly (closed form; differs from the paper's solver at small gradients); c=0.5"
+    ),
     "mgda": "MGDA, min-norm point of the convex hull (torchjd); epsilon=0.001, max_iters=100",
     "upgrad": "UPGrad, projection onto the dual cone (torchjd); pref_vector=None",
     "dualproj": "DualProj, dual-cone projection of the mean (torchjd); pref_vector=None",
@@ -57,13 +59,13 @@ def make_aligner(name: str, **options: Any) -> Aligner:
 
 __all__ = [
     "ALIGNERS",
+    "SUMMARIES",
     "Aligner",
     "CAGrad",
     "CAGradExact",
     "GradVac",
     "MeanAligner",
     "PCGrad",
-    "SUMMARIES",
     "SumAligner",
     "combine_",
     "gram_from_products",

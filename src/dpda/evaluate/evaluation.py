@@ -180,7 +180,7 @@ def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.d
             audio = load_audio(path, config.data.sample_rate)
             if not len(audio):
                 raise ValueError("no samples")
-        except Exception as error:  # noqa: BLE001 - reported per file, the others go on
+        except Exception as error:
             yield {"path": str(path), "error": f"{type(error).__name__}: {error}"}
             continue
         seconds = len(audio) / config.data.sample_rate

@@ -612,7 +612,7 @@ class FairseqConversion:
             f"not carried: {name}={entry['value']!r}: {entry['reason']}"
             for name, entry in self.report["not_carried"].items()
         ]
-        return "\n".join(lines + [f"details: {self.folder / REPORT_NAME}"])
+        return "\n".join([*lines, f"details: {self.folder / REPORT_NAME}"])
 
 
 def convert_fairseq_checkpoint(
