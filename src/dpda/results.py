@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from statistics import fmean, stdev
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dpda.errors import DpdaError
 from dpda.suggest import did_you_mean
 
-Record = TypeVar("Record")
+Record = TypeVar("Record", bound="JsonRecord")
 Reader = Callable[[Any, str], Any]
 
 
@@ -54,6 +54,8 @@ def conflict_rate(conflicts: int, flagged_steps: int) -> float:
 class JsonRecord:
     """``to_json``/``from_json`` for the frozen dataclasses below (see the module doc)."""
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # each subclass is a dataclass
+
     @classmethod
     def nested(cls) -> Mapping[str, Reader]:
         """Key -> the reader of its value, for keys whose values are records themselves."""
@@ -61,7 +63,7 @@ class JsonRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {}
-        for item in fields(self):  # type: ignore[arg-type]
+        for item in fields(self):
             value = getattr(self, item.name)
             if value is None and item.default is None:
                 continue
@@ -79,7 +81,7 @@ class JsonRecord:
         source = source or cls.__name__
         if not isinstance(data, Mapping):
             raise ResultsError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = fields(cls)  # type: ignore[arg-type]
+        known = fields(cls)
         names = [item.name for item in known]
         for key in data:
             if key not in names:
@@ -89,7 +91,7 @@ class JsonRecord:
         ]
         if missing:
             raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
-        nested = cls.nested()  # type: ignore[attr-defined]
+        nested = cls.nested()
         return cls(
             **{
                 key: nested[key](value, f"{source}: {key}") if key in nested and value is not None else value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,13 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any], protocol: s
     bonafide = np.array([scores[r.utt_id] for r in records if r.label == 1])
     spoof_records = [r for r in records if r.label == 0]
     spoof = np.array([scores[r.utt_id] for r in spoof_records])
-    counts = {"protocol": protocol, "utterances": len(records), "bonafide": len(bonafide), "spoof": len(spoof)}
+    counts = SetMetrics(protocol=protocol, utterances=len(records), bonafide=len(bonafide), spoof=len(spoof))
     if not (len(bonafide) and len(spoof)):
-        return SetMetrics(**counts)
+        return counts
     value, threshold = eer(bonafide, spoof)
     attacks = [r.attack or "unknown" for r in spoof_records]
-    return SetMetrics(
-        **counts,
+    return replace(
+        counts,
         eer=value,
         eer_threshold=threshold,
         min_dcf=min_dcf(bonafide, spoof)[0],

@@ -146,7 +146,7 @@ def _batches(run: Run) -> Iterator[tuple[torch.Tensor, Augmented, torch.Tensor]]
 def end_epoch(run: Run) -> None:
     """The epoch's record (dev metrics included), its checkpoint if among the n best, early
     stopping, and the state saved."""
-    progress = run.progress
+    progress, meter = run.progress, run.meter
     loss_orig, loss_aug = run.sums.mean_losses(max(1, progress.epoch_step))
     dev = dev_metrics(run)[0] if run.dev_records is not None else None
     record = EpochRecord(
@@ -154,10 +154,16 @@ def end_epoch(run: Run) -> None:
         step=progress.step,
         train_loss_orig=loss_orig,
         train_loss_aug=loss_aug,
-        **run.meter.as_dict(),
+        conflict_rate=meter.rate,
+        mean_cosine=meter.mean_cosine,
+        steps=meter.steps,
+        skipped_steps=meter.skipped_steps,
+        conflicts=meter.conflicts,
+        flagged_steps=meter.flagged_steps,
         lr=run.optimizer.param_groups[0]["lr"],
         train_seconds=run.sums.seconds,
-        **(dev.to_json() if dev is not None else {}),
+        dev_loss=None if dev is None else dev.dev_loss,
+        dev_eer=None if dev is None else dev.dev_eer,
     )
     metric = record.train_loss_orig if dev is None else dev.dev_loss
     improved = math.isfinite(metric) and metric < progress.best_metric
@@ -186,9 +192,9 @@ def end_epoch(run: Run) -> None:
 def dev_metrics(run: Run) -> tuple[DevMetrics, np.ndarray, np.ndarray]:
     """Dev loss (the training loss, class weights included; pooled or per batch by
     ``train.dev_loss``) and EER of the current weights, with the scores and labels they came from."""
-    config = run.config
-    assert run.dev_records is not None
-    _, logits, labels = _predict(run, run.dev_records, dataset_root(config.data.dev), config.data.crop_length)
+    config, dev_set = run.config, run.config.data.dev
+    assert dev_set is not None and run.dev_records is not None  # build_run reads the dev records of data.dev
+    _, logits, labels = _predict(run, run.dev_records, dataset_root(dev_set), config.data.crop_length)
     batch = config.train.dev_batch_size if config.train.dev_loss == "batch_mean" else None
     loss = set_loss(WeightedCrossEntropy(config.dualpath.class_weights), logits, labels, batch)
     scores, labels = scores_from_logits(logits, config.eval.score).numpy(), labels.numpy()
