@@ -27,7 +27,7 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -35,6 +35,9 @@ from dpda.atomic import write_text_atomic
 from dpda.errors import DpdaError
 from dpda.names import DATASET_KINDS, AugmentOrder, CropPolicy, Mode, Precision, ScoreKind
 from dpda.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -281,7 +284,7 @@ def config_with_overrides(
 ) -> ExperimentConfig:
     """``config_from_dict`` of ``data`` after ``overrides`` (as for ``load_config``); errors name
     the override a bad value came from."""
-    data = copy.deepcopy(dict(data))
+    tree = copy.deepcopy(dict(data))
     applied: list[tuple[str, str]] = []
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -289,10 +292,10 @@ def config_with_overrides(
         if not sep or not key:
             raise ConfigError("", f"expected KEY=VALUE, found {item!r}", "--set")
         _check_path(key, f"--set {item}")
-        _assign(data, key.split("."), _parse(text, f"--set {item}"))
+        _assign(tree, key.split("."), _parse(text, f"--set {item}"))
         applied.append((key, item))
     try:
-        return config_from_dict(data, source=source)
+        return config_from_dict(tree, source=source)
     except ConfigError as error:  # name the override a bad value came from
         for key, item in reversed(applied):
             if error.key == key or error.key.startswith((key + ".", key + "[")):
@@ -366,7 +369,7 @@ def _check_path(key: str, source: str) -> None:
         tp = _strip_none(tp)
         if get_origin(tp) is dict:
             return
-        if not dataclasses.is_dataclass(tp):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             raise ConfigError(".".join(done), f"has no sub-keys ({_type_name(tp)}); set it whole", source)
         _known_key(part, tp, _join(".".join(done), part), source)
         tp = get_type_hints(tp)[part]
@@ -394,7 +397,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if not any(value == choice and type(value) is type(choice) for choice in args):
             raise ConfigError(key, f"expected one of {', '.join(map(repr, args))}, found {_show(value)}", source)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _convert_dataclass(value, tp, key, source)
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -417,7 +420,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(key, f"expected {_type_name(tp)}, found {_show(value)}", source)
 
 
-def _convert_dataclass(value: Any, cls: type, key: str, source: str) -> Any:
+def _convert_dataclass(value: Any, cls: type[DataclassInstance], key: str, source: str) -> DataclassInstance:
     if not isinstance(value, Mapping):
         raise ConfigError(key, f"expected a mapping of {cls.__name__} keys, found {_show(value)}", source)
     for name in value:
@@ -435,7 +438,7 @@ def _convert_dataclass(value: Any, cls: type, key: str, source: str) -> Any:
         raise ConfigError(_join(key, error.key), error.problem, source) from None
 
 
-def _known_key(name: Any, cls: type, key: str, source: str) -> None:
+def _known_key(name: Any, cls: type[DataclassInstance], key: str, source: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     if name not in valid:
         section = key.rpartition(".")[0] or "the top level"
