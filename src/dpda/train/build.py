@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -124,7 +124,8 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # NaN-filling every new tensor only helps find reads of uninitialised memory; it made
         # the batched augmentations 50x slower.
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # the module is an instance of a ModuleType subclass with this property, which mypy cannot see
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     progress = config.logging.progress and ranks.main
     train_records = read_dataset(data.train, "train", data.validate, progress=progress)
     dev_records = read_dataset(data.dev, "dev", data.validate, progress=progress) if data.dev else None
@@ -148,7 +149,8 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
     except (ValueError, TypeError) as error:
         raise TrainingError(f"dualpath.aligner: {error}") from error
     engine = DualPathStep(
-        torch.compile(model) if train.compile else model,
+        # torch.compile wraps a Module in an OptimizedModule, a Module; its stub says Callable
+        cast(nn.Module, torch.compile(model)) if train.compile else model,
         optimizer,
         aligner,
         loss=WeightedCrossEntropy(dual.class_weights),
@@ -158,7 +160,7 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
         loss_scaler=LossScaler() if dual.precision == "fp16" else None,
         zero_missing_grads=dual.zero_missing_grads,
     )
-    loader = _train_loader(config, train_records, chain, micro_batch, ranks, device)
+    loader = _train_loader(config, train_records, dataset_root(data.train), chain, micro_batch, ranks, device)
     steps_per_epoch = len(loader.sampler) // micro_batch // train.accumulation
     if train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
@@ -213,6 +215,7 @@ def step_columns(chain: AugmentationChain) -> list[str]:
 def _train_loader(
     config: ExperimentConfig,
     records: list[Utterance],
+    root: Path,
     chain: AugmentationChain,
     micro_batch: int,
     ranks: Ranks,
@@ -221,17 +224,11 @@ def _train_loader(
     """Shuffled, sharded micro-batches of crops; with ``augment.where: loader`` each comes with
     its augmented copy, made in the loader workers."""
     data = config.data
-    dataset: Dataset = AudioDataset(
-        records,
-        dataset_root(data.train),
-        length=data.crop_length,
-        crop=data.crop_policy,
-        sample_rate=data.sample_rate,
-        seed=config.seed,
+    audio = AudioDataset(
+        records, root, length=data.crop_length, crop=data.crop_policy, sample_rate=data.sample_rate, seed=config.seed
     )
     in_loader = config.augment.where == "loader"
-    if in_loader:
-        dataset = PairedDataset(dataset, chain, config.augment.order, config.seed)
+    dataset: Dataset = PairedDataset(audio, chain, config.augment.order, config.seed) if in_loader else audio
     return ResumableLoader(
         dataset,
         micro_batch,
