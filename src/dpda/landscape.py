@@ -264,7 +264,7 @@ def loss_landscape(
     loss: PathLoss | None = None,
     seed: int = 0,
     batch_size: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> Landscape:
     """The two paths' loss on a ``points x points`` grid around the model's weights.
 
@@ -449,7 +449,7 @@ def plot_landscape(landscape: Landscape, path_png: str | Path, title: str | None
             ax.set_aspect("equal")
             ax.locator_params(nbins=5)
         axes[0].set_ylabel(f"β · {y_label}")
-        if filled is not None:
+        if filled is not None and levels is not None:
             colorbar = figure.colorbar(
                 filled, ax=list(axes), label="loss (log-spaced levels)", ticks=levels[::4], format="%.3g"
             )

@@ -92,10 +92,11 @@ class Run:
         """Conflicting steps and steps with a defined flag (skipped steps and concat have none),
         over every optimizer step of the epochs done (``epochs.csv``: the counts behind the
         pooled rate of ``results.json``)."""
-        return tuple(  # type: ignore[return-value]
+        conflicts, flagged = (
             int(sum(value for value in self.epochs.get(key, []) if value is not None))
             for key in ("conflicts", "flagged_steps")
         )
+        return conflicts, flagged
 
 
 @dataclass
@@ -319,7 +320,7 @@ def _entry_stats(entry: Entry) -> dict[str, tuple[float, float, int]]:
     finished = [run.results for run in entry.runs if run.results is not None]
     summary = entry.summary or SeedSummary.of(finished)
     stats = {key: (spread.mean, spread.std, len(spread.values)) for key, spread in summary.metrics.items()}
-    extra = {
+    extra: dict[str, list[float]] = {
         "epochs": [results.epochs for results in finished],
         "skipped_steps": [results.skipped_steps for results in finished],
         "conflict_rate": [conflict_rate(c, n) for c, n in (run.conflicts() for run in entry.runs) if n],
@@ -475,7 +476,7 @@ def _scores_figure(run: Run, path: Path) -> str | None:
         return None
     figure, axes = _figure(len(run.scores))
     for ax, (name, scores) in zip(axes, run.scores.items()):
-        bins = np.histogram_bin_edges(np.concatenate((scores.bonafide, scores.spoof)), bins=40)
+        bins = np.histogram_bin_edges(np.concatenate((scores.bonafide, scores.spoof)), bins=40).tolist()
         for values, label, color in ((scores.bonafide, "bona fide", "C2"), (scores.spoof, "spoof", "C3")):
             ax.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=f"{label} ({values.size})")
         ax.axvline(scores.threshold, color="black", linestyle="--", linewidth=0.8)

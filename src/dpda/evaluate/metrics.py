@@ -159,9 +159,9 @@ def min_tdcf(
     asv_nontarget = _scores("asv_nontarget", asv_nontarget)
     asv_spoof = _scores("asv_spoof", asv_spoof)
     asv_threshold = eer(asv_target, asv_nontarget)[1]
-    pmiss_asv = np.mean(asv_target < asv_threshold)
-    pfa_asv = np.mean(asv_nontarget >= asv_threshold)
-    pfa_spoof_asv = np.mean(asv_spoof >= asv_threshold)
+    pmiss_asv = float(np.mean(asv_target < asv_threshold))
+    pfa_asv = float(np.mean(asv_nontarget >= asv_threshold))
+    pfa_spoof_asv = float(np.mean(asv_spoof >= asv_threshold))
     if version == "2019":
         c0 = 0.0
         c1 = c.p_target * (c.c_miss_cm - c.c_miss_asv * pmiss_asv) - c.p_nontarget * c.c_fa_asv * pfa_asv

@@ -68,7 +68,8 @@ class EpochSums:
 
     def mean_losses(self, steps: int) -> tuple[float, float]:
         """Each path's summed finite losses over all ``steps`` of the epoch."""
-        return tuple(math.nan if total is None else total / steps for total in (self.loss_orig, self.loss_aug))  # type: ignore[return-value]
+        orig, aug = (math.nan if total is None else total / steps for total in (self.loss_orig, self.loss_aug))
+        return orig, aug
 
 
 @dataclass
