@@ -60,7 +60,7 @@ class CAGrad(Aligner):
     def _solve(self, oo: float, oa: float, aa: float, radius: float) -> tuple[float, float]:
         """The simplex weights ``x`` as SLSQP leaves them (not exactly summing to 1, and rounded
         to float32 as the paper code rounds them) from its start, tolerances and float32 Gram."""
-        gram = np.float32([[oo, oa], [oa, aa]])
+        gram = np.array([[oo, oa], [oa, aa]], dtype=np.float32)
         start = np.full(2, 0.5)
 
         def objective(x: np.ndarray) -> float:
@@ -73,7 +73,7 @@ class CAGrad(Aligner):
             bounds=((0, 1), (0, 1)),
             constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
         )
-        x_o, x_a = np.float32(result.x).tolist()
+        x_o, x_a = result.x.astype(np.float32).tolist()
         return x_o, x_a
 
     def __repr__(self) -> str:

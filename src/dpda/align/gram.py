@@ -32,14 +32,15 @@ def pairwise_products(grads_orig: Sequence[Tensor | None], grads_aug: Sequence[T
     for index, (g_o, g_a) in enumerate(zip(grads_orig, grads_aug)):
         a = _flat32(g_o)
         b = _flat32(g_a)
-        if a is None and b is None:
+        present = a if a is not None else b
+        if present is None:
             rows.append(torch.zeros(3, dtype=torch.float64, device=device))
             continue
         if a is not None and b is not None and a.shape != b.shape:
             raise ValueError(
                 f"gradient {index} has {a.numel()} elements on the original path and {b.numel()} on the augmented path"
             )
-        zero = (a if a is not None else b).new_zeros(())
+        zero = present.new_zeros(())
         oo = torch.dot(a, a) if a is not None else zero
         aa = torch.dot(b, b) if b is not None else zero
         oa = torch.dot(a, b) if a is not None and b is not None else zero
@@ -72,11 +73,11 @@ def combine_(
     Returns the combined gradient per tensor; where the original path has no gradient the
     augmented tensor is scaled in place instead, and where neither has one the result is ``None``.
     """
-    both = [i for i, (a, b) in enumerate(zip(grads_orig, grads_aug)) if a is not None and b is not None]
+    both = [(a, b) for a, b in zip(grads_orig, grads_aug) if a is not None and b is not None]
     if both:
-        targets = [grads_orig[i] for i in both]
+        targets = [a for a, _ in both]
         torch._foreach_mul_(targets, weight_orig)
-        torch._foreach_add_(targets, [grads_aug[i] for i in both], alpha=weight_aug)
+        torch._foreach_add_(targets, [b for _, b in both], alpha=weight_aug)
     combined: list[Tensor | None] = []
     for g_o, g_a in zip(grads_orig, grads_aug):
         if g_o is not None and g_a is None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchjd import aggregation
+from torchjd.linalg import PSDMatrix
 
 from dpda.align.base import Aligner, Grouping, as_gram_batch
 
@@ -22,7 +23,7 @@ from dpda.align.base import Aligner, Grouping, as_gram_batch
 class TorchJDWeighting(Aligner):
     """Applies a torchjd Gramian ``Weighting`` to the Gram matrix of every parameter group."""
 
-    def __init__(self, name: str, weighting: aggregation.Weighting, grouping: Grouping = "model") -> None:
+    def __init__(self, name: str, weighting: aggregation.Weighting[PSDMatrix], grouping: Grouping = "model") -> None:
         self.name = name
         super().__init__(grouping)
         self.method = weighting
@@ -34,8 +35,13 @@ class TorchJDWeighting(Aligner):
         return f"TorchJDWeighting({self.method!r}, grouping={self.grouping!r})"
 
 
-class TorchJDAggregator(TorchJDWeighting):
+class TorchJDAggregator(Aligner):
     """Applies a torchjd ``Aggregator`` to a 2x2 square root of each Gram matrix."""
+
+    def __init__(self, name: str, aggregator: aggregation.Aggregator, grouping: Grouping = "model") -> None:
+        self.name = name
+        super().__init__(grouping)
+        self.method = aggregator
 
     def weights(self, gram: Tensor) -> Tensor:
         rows = []
@@ -46,8 +52,11 @@ class TorchJDAggregator(TorchJDWeighting):
             rows.append(torch.linalg.lstsq(root.T, aggregate.unsqueeze(1)).solution.squeeze(1))
         return torch.stack(rows)
 
+    def __repr__(self) -> str:
+        return f"TorchJDAggregator({self.method!r}, grouping={self.grouping!r})"
 
-def _weighting(name: str, factory: Callable[..., aggregation.Weighting]) -> Callable[..., Aligner]:
+
+def _weighting(name: str, factory: Callable[..., aggregation.Weighting[PSDMatrix]]) -> Callable[..., Aligner]:
     def build(grouping: Grouping = "model", **options: Any) -> Aligner:
         return TorchJDWeighting(name, factory(**options), grouping)
 
@@ -61,7 +70,7 @@ def _aggregator(name: str, factory: Callable[..., aggregation.Aggregator]) -> Ca
     return build
 
 
-def _fairgrad(alpha: float = 1.0, max_iters: int | None = None) -> aggregation.Weighting:
+def _fairgrad(alpha: float = 1.0, max_iters: int | None = None) -> aggregation.Weighting[PSDMatrix]:
     return aggregation.FairGradWeighting(alpha=alpha, max_iters=max_iters)
 
 
