@@ -28,7 +28,7 @@ import inspect
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -111,6 +111,12 @@ def _label(augmentation: Augmentation) -> str:
     return getattr(augmentation, "name", "") or type(augmentation).__name__.lower()
 
 
+def _members(modules: nn.ModuleList) -> list[Augmentation]:
+    """The augmentations a chain or ``OneOf`` holds: ``nn.ModuleList`` types its items as bare
+    ``Module``s, and both fill theirs with ``Augmentation``s only."""
+    return cast("list[Augmentation]", list(modules))
+
+
 def _labels_for(augmentations: Sequence[Augmentation], names: Sequence[str] | None) -> list[str]:
     names = [_label(a) for a in augmentations] if names is None else list(names)
     if len(names) != len(augmentations):
@@ -138,8 +144,9 @@ class AugmentationChain(Augmentation):
     def __init__(self, stages: Sequence[tuple[Augmentation, float]], names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.probabilities = [_check_probability(f"stages[{i}].p", p) for i, (_, p) in enumerate(stages)]
-        self.stages = nn.ModuleList([augmentation for augmentation, _ in stages])
-        self.labels = _labels_for(list(self.stages), names)
+        augmentations = [augmentation for augmentation, _ in stages]
+        self.stages = nn.ModuleList(augmentations)
+        self.labels = _labels_for(augmentations, names)
 
     def param_names(self) -> tuple[str, ...]:
         """Stage by stage, ``<label>.applied`` then the stage's names prefixed with its label: every
@@ -147,14 +154,14 @@ class AugmentationChain(Augmentation):
         selected some utterance (and every ``OneOf`` choice was drawn), a subset otherwise."""
         return tuple(
             name
-            for label, augmentation in zip(self.labels, self.stages)
+            for label, augmentation in zip(self.labels, _members(self.stages))
             for name in (f"{label}.applied", *_prefixed_names(label, augmentation))
         )
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
         params: dict[str, Tensor] = {}
-        for label, augmentation, p in zip(self.labels, self.stages, self.probabilities):
+        for label, augmentation, p in zip(self.labels, _members(self.stages), self.probabilities):
             selected = torch.rand(x.shape[0], generator=generator, device=x.device) < p
             part = apply_selected(augmentation, x, selected, generator)
             x = part.audio
@@ -179,13 +186,17 @@ class OneOf(Augmentation):
             raise ValueError(
                 f"choices: need at least one choice, weights finite, non-negative and not all zero; got {weights}"
             )
-        self.choices = nn.ModuleList([augmentation for augmentation, _ in choices])
-        self.labels = _labels_for(list(self.choices), names)
+        augmentations = [augmentation for augmentation, _ in choices]
+        self.choices = nn.ModuleList(augmentations)
+        self.labels = _labels_for(augmentations, names)
         self.cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0) / sum(weights)
 
     def param_names(self) -> tuple[str, ...]:
         """``choice``, then every choice's names prefixed with its label, whichever are drawn."""
-        return ("choice", *(name for label, c in zip(self.labels, self.choices) for name in _prefixed_names(label, c)))
+        return (
+            "choice",
+            *(name for label, c in zip(self.labels, _members(self.choices)) for name in _prefixed_names(label, c)),
+        )
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Augmented:
         check_batch(x, generator)
@@ -193,7 +204,7 @@ class OneOf(Augmentation):
         cumulative = self.cumulative.to(x.device)
         choice = torch.searchsorted(cumulative, draws, right=True).clamp(max=len(self.choices) - 1)
         params: dict[str, Tensor] = {"choice": choice}
-        for index, (label, augmentation) in enumerate(zip(self.labels, self.choices)):
+        for index, (label, augmentation) in enumerate(zip(self.labels, _members(self.choices))):
             part = apply_selected(augmentation, x, choice == index, generator)
             x = part.audio
             params.update(_prefixed(label, part.params))
@@ -295,11 +306,11 @@ def _unknown_name(name: Any, registered: Sequence[str]) -> str:
 
 def _with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with the ``overrides`` (dotted paths, see the module doc) applied."""
-    config = copy.deepcopy(dict(config))
+    copied = copy.deepcopy(dict(config))
     for path, value in overrides.items():
         *labels, key = path.split(".")
-        target: dict[str, Any] = config
-        stages = config.get("stages")
+        target: dict[str, Any] = copied
+        stages = copied.get("stages")
         for label in labels:
             if not isinstance(stages, list) or not all(isinstance(s, Mapping) and "name" in s for s in stages):
                 raise ValueError(f"overrides: {path!r}: no list of named stages to look {label!r} up in")
@@ -312,4 +323,4 @@ def _with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             target = stages[known.index(label)]
             stages = target.get("choices")
         target[key] = value
-    return config
+    return copied

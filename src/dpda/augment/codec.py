@@ -87,8 +87,8 @@ def _compression_level(codec: str, setting: float, sample_rate: int) -> float:
         rates = mp3_bitrates(sample_rate)
         low, high = rates[0], rates[-1]
         return min(max((high - setting - 0.5) / (high - low), 0.0), 1.0)
-    low, high = OPUS_KBPS
-    return min(max((high - setting - 0.0005) / (high - low), 0.0), 1.0)
+    opus_low, opus_high = OPUS_KBPS
+    return min(max((opus_high - setting - 0.0005) / (opus_high - opus_low), 0.0), 1.0)
 
 
 def _align(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -171,9 +171,9 @@ class RawBoost(Augmentation):
         ):
             if low > high:
                 raise ValueError(f"RawBoost: {low_key} must be <= {high_key}, got {low} > {high}")
-        for key, value in (("min_freq", min_freq), ("min_bandwidth", min_bandwidth)):
-            if value < 0:
-                raise ValueError(f"RawBoost: {key} must be >= 0 Hz, got {value}")
+        for key, hertz in (("min_freq", min_freq), ("min_bandwidth", min_bandwidth)):
+            if hertz < 0:
+                raise ValueError(f"RawBoost: {key} must be >= 0 Hz, got {hertz}")
         if max_freq > sample_rate / 2:
             raise ValueError(
                 f"RawBoost: max_freq must be <= sample_rate / 2 = {sample_rate / 2} Hz (Nyquist), got {max_freq}"
