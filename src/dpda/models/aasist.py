@@ -4,17 +4,18 @@ The pieces, in the order data flows through them:
 
 - :class:`SincConv`: fixed mel-spaced band-pass filters on the waveform (not trained);
 - :class:`Residual2DEncoder`: six residual 2-D convolution blocks on the (filter, time) map;
-- :class:`GraphBackEnd`: spectral and temporal graph attention (GAT), two branches of
+- :class:`GraphLayers`: spectral and temporal graph attention (GAT), two branches of
   heterogeneous stacking graph attention (HS-GAL) with a master node, graph pooling, a readout
   (max of abs and mean of the nodes of each type, plus the master node) and a linear output;
+  :class:`GraphBackEnd` is these layers on their own, node sets in;
 - :class:`AASIST`: the three above, as clovaai/aasist builds them;
 - :class:`XLSRAASISTBackEnd`: the same encoder and graph back-end on self-supervised features,
   as in SSL_Anti-spoofing (Tak et al., Odyssey 2022) and the dual-path paper's ``nets/aasist.py``.
 
 Parameter and buffer names are those of the published code, so that published state dicts load
 with ``strict=True`` and no renaming. That is why the graph layers live at the top level of
-``AASIST`` (``GAT_layer_S``, ``pos_S``, ``master1``, ...): both models *are* a
-:class:`GraphBackEnd` with their own front-end added, instead of holding one as a child.
+``AASIST`` (``GAT_layer_S``, ``pos_S``, ``master1``, ...): both models *are*
+:class:`GraphLayers` with their own front-end added, instead of holding them as a child.
 The same constraint explains the one-element ``nn.Sequential`` around each residual block
 (keys ``encoder.{i}.0.*``) and the Sequential indices of ``attention`` in the SSL back-end.
 
@@ -77,6 +78,8 @@ class SincConv(nn.Module):
     state dict, as in the published checkpoints. An even ``kernel_size`` is made odd so that
     each filter is symmetric (128 gives 129 taps).
     """
+
+    band_pass: Tensor  # (out_channels, 1, kernel_size), a buffer
 
     def __init__(self, out_channels: int, kernel_size: int, sample_rate: int = 16000) -> None:
         super().__init__()
@@ -279,7 +282,7 @@ class GraphPool(nn.Module):
         return torch.gather(h * scores, 1, index)
 
 
-class GraphBackEnd(nn.Module):
+class GraphLayers(nn.Module):
     """AASIST's graph back-end, from spectral and temporal node sets to (embedding, logits).
 
     Layout (clovaai names): ``pos_S`` is added to the spectral nodes; ``GAT_layer_S``/``_T`` and
@@ -292,7 +295,8 @@ class GraphBackEnd(nn.Module):
     ``pool_ratios`` and ``temperatures`` have four entries as in the published configurations;
     entry 0 is for the spectral GAT/pool, 1 for the temporal ones, 2 for all HS-GAL layers and
     their pools, and entry 3 is unused (as published).
-    Subclasses add a front-end and call ``super().forward(spectral, temporal)``.
+    Subclasses add a forward: :class:`GraphBackEnd` takes the node sets, the models a front-end
+    that makes them; each calls :meth:`graph`.
     """
 
     def __init__(
@@ -331,7 +335,7 @@ class GraphBackEnd(nn.Module):
         self.out_layer = nn.Linear(5 * hetero, 2)
         self.embedding_dim = 5 * hetero
 
-    def forward(self, spectral: Tensor, temporal: Tensor) -> tuple[Tensor, Tensor]:
+    def graph(self, spectral: Tensor, temporal: Tensor) -> tuple[Tensor, Tensor]:
         """Spectral nodes (B, spectral_nodes, node_dim), temporal (B, N_T, node_dim) -> outputs."""
         # the call order below matches the published code, so dropout draws line up too
         spectral = self.pool_S(self.GAT_layer_S(spectral + self.pos_S))
@@ -378,10 +382,18 @@ class GraphBackEnd(nn.Module):
         return temporal + temporal_aug, spectral + spectral_aug, master + master_aug
 
 
+class GraphBackEnd(GraphLayers):
+    """The graph back-end on its own: node sets in, ``(embedding, logits)`` out (see :class:`GraphLayers`)."""
+
+    def forward(self, spectral: Tensor, temporal: Tensor) -> tuple[Tensor, Tensor]:
+        """Spectral nodes (B, spectral_nodes, node_dim), temporal (B, N_T, node_dim) -> outputs."""
+        return self.graph(spectral, temporal)
+
+
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-class AASIST(GraphBackEnd):
+class AASIST(GraphLayers):
     """AASIST on raw audio: (B, T) float32 at 16 kHz -> (embedding (B, 5 * gat_dims[1]), logits (B, 2)).
 
     The keyword arguments are the keys of clovaai's ``model_config``; ``AASIST(**AASIST_CONFIG)``
@@ -437,10 +449,10 @@ class AASIST(GraphBackEnd):
         e = self.encoder(x)  # (B, C, spectral nodes, time nodes)
         spectral = e.abs().amax(dim=3).transpose(1, 2)
         temporal = e.abs().amax(dim=2).transpose(1, 2)
-        return super().forward(spectral, temporal)
+        return self.graph(spectral, temporal)
 
 
-class XLSRAASISTBackEnd(GraphBackEnd):
+class XLSRAASISTBackEnd(GraphLayers):
     """SSL_Anti-spoofing's AASIST back-end: SSL features (B, frames, ssl_dim) -> (embedding, logits).
 
     ``LL`` projects each frame to ``filts[0]`` (128) bins; the (1, bins, frames) map is
@@ -490,7 +502,7 @@ class XLSRAASISTBackEnd(GraphBackEnd):
         weights = self.attention(x)
         spectral = (x * weights.softmax(dim=-1)).sum(dim=-1).transpose(1, 2)
         temporal = (x * weights.softmax(dim=-2)).sum(dim=-2).transpose(1, 2)
-        return super().forward(spectral, temporal)
+        return self.graph(spectral, temporal)
 
 
 __all__ = [
@@ -500,6 +512,7 @@ __all__ = [
     "XLSR_FILTS",
     "GraphAttentionLayer",
     "GraphBackEnd",
+    "GraphLayers",
     "GraphPool",
     "HeteroGraphAttentionLayer",
     "Residual2DEncoder",

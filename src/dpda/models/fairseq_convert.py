@@ -34,10 +34,10 @@ import os
 import pickletools
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -70,6 +70,8 @@ class ConfigRecord:
     arguments, state) and runs nothing. ``global_name`` is the global it replaces."""
 
     global_name = ""
+    args: tuple[object, ...]  # the constructor's arguments
+    state: object  # what __setstate__ received, None if nothing
 
     def __new__(cls: type[_Record], *args: Any, **kwargs: Any) -> _Record:
         record = super().__new__(cls)
@@ -126,6 +128,7 @@ def _pickle_globals(path: Path) -> set[str]:
             raise ConversionError(f"{path}: not a torch.save file (its pickle does not parse: {error})") from None
         for opcode, arg in ops:
             if opcode in ("GLOBAL", "INST"):
+                assert isinstance(arg, str)  # pickletools reads their argument as "module name"
                 module, name = arg.split(" ", 1)
                 module, name = _compat_name(module, name)
                 names.add(f"{module}.{name}")
@@ -167,7 +170,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 6):
         raise RuntimeError(f"loading fairseq checkpoints safely needs torch >= 2.6, found {torch.__version__}")
     # all of SAFE_GLOBALS: numpy's dtype classes are rebuilt without being named in the pickle
-    allowed: list[tuple[Any, str]] = [(value, name) for name, value in SAFE_GLOBALS.items()]
+    allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (value, name) for name, value in SAFE_GLOBALS.items()
+    ]
     refused = []
     for name in sorted(_pickle_globals(path)):
         if name in SAFE_GLOBALS:
@@ -429,6 +434,20 @@ def _indices(state: Mapping[str, Tensor], pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in state if (m := re.fullmatch(pattern, key))})
 
 
+class _EncoderSizes(TypedDict):
+    """The ``Wav2Vec2Config`` fields that the encoder's tensors fix."""
+
+    conv_dim: list[int]
+    conv_kernel: list[int]
+    conv_bias: bool
+    feat_extract_norm: Literal["layer", "group"]
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_conv_pos_embeddings: int
+    num_conv_pos_embedding_groups: int
+
+
 def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wav2Vec2Config:
     """A ``Wav2Vec2Config`` from transformers-named tensors and fairseq model options."""
     from transformers import Wav2Vec2Config
@@ -448,7 +467,7 @@ def derive_config(state: Mapping[str, Tensor], options: Mapping[str, Any]) -> Wa
     if normed not in (convs, [0]):
         raise ConversionError(f"unrecognised feature-encoder normalisation on conv layers {normed}")
     pos = state[f"{_POS}.parametrizations.weight.original1"].shape  # (hidden, hidden / groups, kernel)
-    sizes = {
+    sizes: _EncoderSizes = {
         "conv_dim": [s[0] for s in shapes],
         "conv_kernel": [s[2] for s in shapes],
         "conv_bias": "feature_extractor.conv_layers.0.conv.bias" in state,
@@ -538,9 +557,9 @@ def conversion_report(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _check_options(sizes: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+def _check_options(sizes: _EncoderSizes, options: Mapping[str, Any]) -> None:
     """The shapes are the truth; a config that disagrees with them belongs to another model."""
-    expected = {
+    expected: dict[str, object] = {
         "encoder_embed_dim": sizes["hidden_size"],
         "encoder_layers": sizes["num_hidden_layers"],
         "encoder_ffn_embed_dim": sizes["intermediate_size"],

@@ -45,6 +45,12 @@ class LFCC(nn.Module):
     features.
     """
 
+    # Buffers: the (frame_length,) window, the (n_bins, n_filters) filterbank and the
+    # (n_filters, n_coefficients) DCT.
+    window: Tensor
+    filterbank: Tensor
+    dct: Tensor
+
     def __init__(
         self,
         *,

@@ -242,9 +242,12 @@ class BiMambaMixer(nn.Module):
         if n_layer < 1:
             raise ValueError(f"n_layer must be at least 1, got {n_layer}")
         self.reference_final_add = reference_final_add
-        options = {"norm_eps": norm_eps, "d_state": d_state, "d_conv": d_conv, "expand": expand, "scan": scan}
-        self.forward_layers = nn.ModuleList(MambaBlock(d_model, **options) for _ in range(n_layer))
-        self.backward_layers = nn.ModuleList(MambaBlock(d_model, **options) for _ in range(n_layer))
+
+        def new_block() -> MambaBlock:
+            return MambaBlock(d_model, norm_eps, d_state=d_state, d_conv=d_conv, expand=expand, scan=scan)
+
+        self.forward_layers = nn.ModuleList(new_block() for _ in range(n_layer))
+        self.backward_layers = nn.ModuleList(new_block() for _ in range(n_layer))
         with torch.no_grad():  # GPT-2 style: residual branch outputs shrink with depth
             for block in [*self.forward_layers, *self.backward_layers]:
                 block.mixer.out_proj.weight /= math.sqrt(n_layer)

@@ -83,6 +83,7 @@ def paper_model(name: str, state: Mapping[str, Tensor], ssl_options: Mapping[str
     map, and every weight left unfilled, is listed in one error."""
     model_config, weights = paper_model_parts(name, state, ssl_options)
     model = build(model_config)
+    assert isinstance(model, SSLDetector)  # paper_model_parts admits only the SSL back-ends' names
     load_strict(model, weights, f"the state dict of {name!r}")
     return model
 

@@ -48,6 +48,8 @@ class SincFilterbank(nn.Module):
     symmetric Hamming window. An even ``kernel_size`` is rounded up to the next odd length.
     """
 
+    filters: Tensor  # (n_filters, 1, kernel_size), a buffer
+
     def __init__(self, n_filters: int, kernel_size: int, sample_rate: int = 16000) -> None:
         super().__init__()
         self.kernel_size = kernel_size + 1 - kernel_size % 2

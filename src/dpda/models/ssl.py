@@ -33,9 +33,9 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -142,13 +142,20 @@ def _load(
     location = str(source)
     if not Path(location).expanduser().is_dir() and (isinstance(source, os.PathLike) or not _is_hub_id(location)):
         raise FileNotFoundError(f"SSL model folder not found: {location}")
-    hub = {"revision": revision, "local_files_only": local_files_only}
-    config = AutoConfig.from_pretrained(location, **hub)
+    revision = "main" if revision is None else revision  # transformers' default, the hub's main branch
+    config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=local_files_only)
     model_class = _model_class(config.model_type)
     _apply_overrides(config, overrides)
-    model, info = model_class.from_pretrained(
-        location, config=config, dtype=torch.float32, output_loading_info=True, **hub
+    loaded = model_class.from_pretrained(
+        location,
+        config=config,
+        dtype=torch.float32,
+        output_loading_info=True,
+        revision=revision,
+        local_files_only=local_files_only,
     )
+    # output_loading_info=True makes it return (model, info); transformers annotates the model alone
+    model, info = cast("tuple[PreTrainedModel, Mapping[str, Collection[str]]]", loaded)
     if info["missing_keys"]:
         # A missing weight would silently stay randomly initialised.
         raise ValueError(f"{location} lacks weights for: {', '.join(sorted(info['missing_keys']))}")
@@ -215,7 +222,7 @@ class SSLFrontEnd(nn.Module):
         if gradient_checkpointing:
             _enable_checkpointing(self.model)
         if self.feature_grad_mult != 1.0:
-            self.model.feature_extractor.register_forward_hook(self._scale_feature_gradient)
+            self.model.get_submodule("feature_extractor").register_forward_hook(self._scale_feature_gradient)
 
     @classmethod
     def tiny(
@@ -265,4 +272,5 @@ class SSLFrontEnd(nn.Module):
         # transformers 5 records the last layer's output before a pre-norm model's final
         # LayerNorm, 4.x after it; the model output is the same in both.
         states = (*out.hidden_states[:-1], out.last_hidden_state)
-        return torch.stack(states) if self.layer == "weighted" else states[self.layer]
+        # here the layer is "weighted" or a number below L
+        return states[self.layer] if isinstance(self.layer, int) else torch.stack(states)
