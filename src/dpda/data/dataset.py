@@ -8,7 +8,7 @@ its workers prefetched), which is the position a checkpoint must store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,9 @@ class AudioDataset(Dataset):
 
     def decode(self, index: int) -> np.ndarray:
         """Utterance ``index`` whole, as decoded (mono, at the sample rate)."""
-        return load_audio(self.root / self.records[index].path, self.sample_rate)  # type: ignore[operator]
+        path = self.records[index].path
+        assert path is not None  # __init__ refuses records without one
+        return load_audio(self.root / path, self.sample_rate)
 
     def fit(self, audio: np.ndarray, epoch: int, index: int) -> np.ndarray:
         """``audio`` cropped or padded by the policy; the crop is keyed by (seed, epoch, index), so
@@ -136,6 +138,8 @@ class ResumableLoader:
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"the sampler draws indices below len(dataset); {type(dataset).__name__} has no len()")
         self.sampler = ResumableSampler(
             len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
         )

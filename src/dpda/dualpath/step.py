@@ -13,6 +13,7 @@ import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import TypedDict
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,13 @@ from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distribute
 from dpda.names import MODES, PRECISIONS, Mode, Precision
 
 ORIG, AUG = 0, 1
+
+
+class PathLosses(TypedDict):
+    """The two mean path losses of a step, as ``StepStats`` takes them."""
+
+    loss_orig: float
+    loss_aug: float
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,7 @@ class DualPathStep:
         scale = self.loss_scaler.scale if self.loss_scaler else 1.0
         # a zero denominator (e.g. class weight 0 for the only class present) makes the loss
         # undefined: its normaliser is inf, so the step is skipped as non-finite
-        losses = {"loss_orig": _ratio(num_o, den_o), "loss_aug": _ratio(num_a, den_a)}
+        losses: PathLosses = {"loss_orig": _ratio(num_o, den_o), "loss_aug": _ratio(num_a, den_a)}
         if self.mode == "concat":
             stats = self._apply_concat(_ratio(1.0, scale * (den_o + den_a)), losses)
         else:
@@ -255,14 +263,12 @@ class DualPathStep:
     def _synchronise(self) -> None:
         paths = (ORIG,) if self.mode == "concat" else (ORIG, AUG)
         for path in paths:  # every rank needs the same tensor layout, so absent gradients become zeros
-            grads = self._grads[path]
-            for i, p in enumerate(self.params):
-                if grads[i] is None:
-                    grads[i] = torch.zeros_like(p)
-            all_reduce_sum_(grads, self.process_group, self.bucket_bytes)  # type: ignore[arg-type]
+            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(self._grads[path], self.params)]
+            self._grads[path][:] = grads
+            all_reduce_sum_(grads, self.process_group, self.bucket_bytes)
         dist.all_reduce(self._totals, group=self.process_group)
 
-    def _apply_aligned(self, normaliser: Tensor, losses: dict[str, float]) -> StepStats:
+    def _apply_aligned(self, normaliser: Tensor, losses: PathLosses) -> StepStats:
         products = pairwise_products(self._grads[ORIG], self._grads[AUG])
         group_index = None if len(self.group_members) == 1 else self.group_index
         gram = gram_from_products(products, group_index).cpu() * torch.outer(normaliser, normaliser)
@@ -301,7 +307,7 @@ class DualPathStep:
             loss_scale=self._scale(),
         )
 
-    def _apply_concat(self, normaliser: float, losses: dict[str, float]) -> StepStats:
+    def _apply_concat(self, normaliser: float, losses: PathLosses) -> StepStats:
         grads = [g for g in self._grads[ORIG] if g is not None]
         norms = torch._foreach_norm(grads) if grads else [torch.zeros(())]
         norm = float(torch.linalg.vector_norm(torch.stack(norms).double())) * normaliser
@@ -331,7 +337,7 @@ class DualPathStep:
         for p in held:
             p.grad = None
 
-    def _skip(self, losses: dict[str, float]) -> StepStats:
+    def _skip(self, losses: PathLosses) -> StepStats:
         """A non-finite gradient (or weight) never reaches the parameters."""
         return StepStats(**losses, skipped=True, loss_scale=self._scale())
 
