@@ -19,8 +19,10 @@ from dpda.evaluate.scoring import ScoreError
 from dpda.landscape import LandscapeError
 from dpda.models.fairseq_convert import ConversionError, UnsafeCheckpointError
 from dpda.models.weights import WeightsError
+from dpda.report import ReportError
 from dpda.results import ResultsError
 from dpda.train import TrainingError
+from dpda.train.logger import LogFileError
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,8 @@ from dpda.train import TrainingError
         (WeightsError, ValueError),
         (LandscapeError, ValueError),
         (ResultsError, ValueError),
+        (LogFileError, ValueError),
+        (ReportError, ValueError),
     ],
 )
 def test_every_user_error_is_a_dpda_error_and_keeps_its_builtin_base(error, builtin):

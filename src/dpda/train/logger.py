@@ -53,17 +53,23 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from dpda.atomic import atomic_path
+from dpda.errors import DpdaError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["EPOCHS_CSV", "STEPS_CSV", "TENSORBOARD_DIR", "RunLogger", "read_csv"]
+__all__ = ["EPOCHS_CSV", "STEPS_CSV", "TENSORBOARD_DIR", "LogFileError", "RunLogger", "read_csv"]
 
 STEPS_CSV = "steps.csv"
 EPOCHS_CSV = "epochs.csv"
 TENSORBOARD_DIR = "tensorboard"
 
 Value = float | int | bool | None
+
+
+class LogFileError(DpdaError, ValueError):
+    """A run folder's ``steps.csv``/``epochs.csv`` that is not what this run writes or reads (a
+    malformed cell, another config's or version's columns)."""
 
 
 def read_csv(path: str | os.PathLike[str]) -> dict[str, list[float | None]]:
@@ -77,13 +83,13 @@ def read_csv(path: str | os.PathLike[str]) -> dict[str, list[float | None]]:
         columns: list[list[float | None]] = [[] for _ in header]
         for line, row in enumerate(reader, start=2):
             if len(row) > len(header):
-                raise ValueError(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
+                raise LogFileError(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
             for position, column in enumerate(columns):
                 cell = row[position] if position < len(row) else ""
                 try:
                     column.append(float(cell) if cell else None)
                 except ValueError:
-                    raise ValueError(f"{path}:{line}: column {header[position]!r}: not a number: {cell!r}") from None
+                    raise LogFileError(f"{path}:{line}: column {header[position]!r}: not a number: {cell!r}") from None
     return dict(zip(header, columns))
 
 
@@ -130,7 +136,7 @@ class _CsvTable:
             reader = csvlib.reader(file)
             header = next(reader, None)
             if header != self.header:
-                raise ValueError(
+                raise LogFileError(
                     f"{self.path}: header {header} is not the one this run writes ({self.header}); "
                     "was it written by another version or another config?"
                 )
