@@ -129,3 +129,11 @@ def test_the_installed_command_prints_one_line_and_exits_2(tmp_path):
     )
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr == f"dpda train: {tmp_path / 'missing.yaml'}: No such file or directory\n"
+
+
+def test_a_bad_demo_reference_model_is_refused_before_the_corpus_is_built(tmp_path, capsys):
+    corrupt = tmp_path / "AASIST.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    error = one_line_error(capsys, "demo", "--out", str(tmp_path / "demo"), "--reference-model", str(corrupt))
+    assert error.startswith(f"dpda demo: --reference-model {corrupt}: not the published AASIST weights")
+    assert not (tmp_path / "demo").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dpda.atomic import write_text_atomic
 from dpda.config import config_from_dict
 from dpda.corpus import build_corpus, summary
+from dpda.errors import DpdaError
 from dpda.evaluate.paper import PAPER_CLAIMS
 from dpda.markdown import table
 from dpda.report import write_report
@@ -81,19 +84,36 @@ def experiment(corpus: Path, runs: Path, model: str, aligner: str, budget: Budge
     }
 
 
-def score_reference(
-    path: Path, corpus: Path, scores_path: Path, device: torch.device, progress: bool = True
-) -> dict[str, Any]:
-    """The published AASIST (trained on ASVspoof 2019 LA) on the eval split: an out-of-domain
-    reference point, scored on 64,600-sample head crops as its authors do (about 1 s per
-    utterance on 2 CPU cores: 8 minutes for the default eval split)."""
-    from dpda.data import read_protocol
-    from dpda.evaluate.evaluation import set_metrics
-    from dpda.evaluate.scoring import score_protocol
+class DemoError(DpdaError, ValueError):
+    """A demo option that cannot work (an unknown model, a reference model that does not load)."""
+
+
+def load_reference(path: Path) -> nn.Module:
+    """The published AASIST from ``path`` (its clovaai ``.pth``, read tensors-only), checked before
+    the demo's long work starts."""
     from dpda.models.aasist import AASIST, AASIST_CONFIG
 
     model = AASIST(**AASIST_CONFIG)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        # torch's own message runs over several lines (and suggests weights_only=False): its first
+        # line is enough to say what failed
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DemoError(f"--reference-model {path}: not the published AASIST weights ({reason})") from error
+    return model
+
+
+def score_reference(
+    model: nn.Module, path: Path, corpus: Path, scores_path: Path, device: torch.device, progress: bool = True
+) -> dict[str, Any]:
+    """The published AASIST (trained on ASVspoof 2019 LA, loaded from ``path``) on the eval
+    split: an out-of-domain reference point, scored on 64,600-sample head crops as its authors do
+    (about 1 s per utterance on 2 CPU cores: 8 minutes for the default eval split)."""
+    from dpda.data import read_protocol
+    from dpda.evaluate.evaluation import set_metrics
+    from dpda.evaluate.scoring import score_protocol
+
     records = read_protocol("asvspoof2019", corpus / "protocols/eval.txt")
     scores = score_protocol(
         model.to(device).eval(),
@@ -122,7 +142,9 @@ def run_demo(
     """Run the demo into ``out``; returns what ``results.json`` holds. Re-running continues:
     the corpus and finished runs are reused."""
     if model not in MODELS:
-        raise ValueError(f"demo model must be one of {', '.join(MODELS)}, got {model!r}")
+        raise DemoError(f"demo model must be one of {', '.join(MODELS)}, got {model!r}")
+    reference_path = None if reference_model is None else Path(reference_model)
+    reference = None if reference_path is None else load_reference(reference_path)
     out = Path(out)
     budget = budget or (QUICK if quick else FULL)
     started = time.monotonic()
@@ -164,10 +186,10 @@ def run_demo(
                 }
             )
     results["aligners"] = _by_aligner(results["runs"])
-    if reference_model is not None:
+    if reference is not None and reference_path is not None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         results["reference_model"] = score_reference(
-            Path(reference_model), corpus, out / "reference_aasist_scores.txt", device, progress
+            reference, reference_path, corpus, out / "reference_aasist_scores.txt", device, progress
         )
     report = write_report(folders, out)
     report.write_text(_demo_section(results, manifest) + "\n" + report.read_text())
