@@ -80,3 +80,13 @@ def test_a_file_that_is_not_what_dpda_writes_is_refused_by_key(change, message):
 def test_a_results_file_must_be_an_object():
     with pytest.raises(ResultsError, match=r"summary\.json: expected a JSON object, got list"):
         SeedSummary.from_json([], "summary.json")
+
+
+def test_a_results_file_is_read_by_path_and_one_that_is_not_json_is_refused_at_its_line(tmp_path):
+    assert RunResults.read(OLD_RUN / "results.json") == RunResults.from_json(
+        json.loads((OLD_RUN / "results.json").read_text())
+    )
+    cut = tmp_path / "results.json"
+    cut.write_text('{\n "name": "tiny",\n "seed": ')  # a write cut short
+    with pytest.raises(ResultsError, match=r"results\.json:3: not JSON"):
+        RunResults.read(cut)

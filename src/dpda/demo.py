@@ -171,8 +171,7 @@ def run_demo(
         folder = runs / config.name
         folders.append(folder)
         for seed in seeds:
-            path = folder / f"seed-{seed}" / "results.json"
-            run = RunResults.from_json(json.loads(path.read_text()), str(path))
+            run = RunResults.read(folder / f"seed-{seed}" / "results.json")
             results["runs"].append(
                 {
                     "aligner": aligner,

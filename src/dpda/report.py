@@ -12,7 +12,6 @@ pyplot: the caller's backend and pyplot figure list are left alone and nothing n
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -179,7 +178,7 @@ def _load_entry(path: Path) -> Entry:
     entry = Entry(path, runs[0].config.name, runs)
     if (path / "summary.json").is_file():
         summary = path / "summary.json"
-        entry.summary = SeedSummary.from_json(json.loads(summary.read_text(encoding="utf-8")), str(summary))
+        entry.summary = SeedSummary.read(summary)
     else:
         entry.notes.append(
             "no summary.json (seeds still training?): mean ± std computed from the finished seeds' results.json"
@@ -193,9 +192,7 @@ def _load_run(path: Path) -> Run:
     run = Run(
         path,
         config,
-        RunResults.from_json(json.loads(results.read_text(encoding="utf-8")), str(results))
-        if results.is_file()
-        else None,
+        RunResults.read(results) if results.is_file() else None,
         _csv(path / STEPS_CSV),
         _csv(path / EPOCHS_CSV),
     )

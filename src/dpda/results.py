@@ -10,7 +10,9 @@ people's. Torch-free, like every run-folder format.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from statistics import fmean, stdev
@@ -98,6 +100,16 @@ class JsonRecord:
                 for key, value in data.items()
             }
         )
+
+    @classmethod
+    def read(cls: type[Record], path: str | os.PathLike[str]) -> Record:
+        """The record in the JSON file ``path``; a file that is not JSON is refused at its line."""
+        try:
+            with open(path, encoding="utf-8") as file:
+                data = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ResultsError(f"{path}:{error.lineno}: not JSON ({error.msg})") from error
+        return cls.from_json(data, str(path))
 
 
 def _plain(value: Any) -> Any:

@@ -121,7 +121,8 @@ class _CsvTable:
         self.header = [*index, *columns]
         if len(set(self.header)) != len(self.header):
             raise ValueError(f"{path.name}: repeated column names in {self.header}")
-        self.columns = {key: position for position, key in enumerate(self.header)}
+        # value columns only: the index cells are the row's own (``_without_index``)
+        self.columns = {key: position for position, key in enumerate(self.header) if position >= len(index)}
         rows = self._kept_rows(upto) if keep and path.exists() else []
         with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
             writer = csvlib.writer(file)
@@ -161,7 +162,7 @@ class _CsvTable:
         row[: len(index)] = map(str, index)
         for key, value in values.items():
             position = self.columns.get(key)
-            if position is None or position < len(self.index):
+            if position is None:
                 raise ValueError(f"{self.path.name}: no column {key!r} (the columns are {self.header})")
             row[position] = _cell(value)
         self.writer.writerow(row)

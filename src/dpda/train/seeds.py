@@ -39,7 +39,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> SeedSummary:
         folder = run_dir_for(seeded, seed_folder=True)
         done = folder / "results.json"
         if done.exists():
-            runs.append(RunResults.from_json(json.loads(done.read_text()), str(done)))
+            runs.append(RunResults.read(done))
         else:
             resume = (folder / "state").exists()
             runs.append(train(None if resume else seeded, folder, resume=resume))

@@ -171,10 +171,11 @@ def end_epoch(run: Run) -> None:
         progress.best_metric, progress.best_epoch, progress.bad_epochs = metric, record.epoch, 0
     else:
         progress.bad_epochs += 1
+    row = record.to_json()
     if run.ranks.main:
-        run.best.consider(record.epoch, metric, run.model.state_dict(), _meta(run, record.to_json()))
+        run.best.consider(record.epoch, metric, run.model.state_dict(), _meta(run, row))
     progress.history.append(record)
-    run.logger.log_epoch(record.epoch, record.to_json())
+    run.logger.log_epoch(record.epoch, row)
     patience = run.config.train.patience
     progress.stopped = patience is not None and progress.bad_epochs >= patience
     progress.epoch += 1
