@@ -15,9 +15,11 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any, ClassVar, TypeVar
 
+from dpda.atomic import write_text_atomic
 from dpda.errors import DpdaError
 from dpda.suggest import did_you_mean
 
@@ -100,6 +102,10 @@ class JsonRecord:
                 for key, value in data.items()
             }
         )
+
+    def write(self, path: str | Path) -> None:
+        """The record as the JSON file ``path``, written atomically."""
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def read(cls: type[Record], path: str | os.PathLike[str]) -> Record:

@@ -6,7 +6,6 @@ config that built it and the dev-set calibration) or a run folder (its ``final.s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -121,7 +120,7 @@ def evaluate_sets(
         )
         sets[name] = set_metrics(scores, records, dataset.protocol)
     results = EvalResults(str(detector.path), config.eval.score, max_seconds, sets)
-    write_text_atomic(out / "results.json", json.dumps(results.to_json(), indent=1))
+    results.write(out / "results.json")
     write_text_atomic(out / "results.md", results_markdown(results))
     return results
 

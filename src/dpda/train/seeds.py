@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -46,9 +45,6 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> SeedSummary:
     summary = SeedSummary.of(runs)
     if int(os.environ.get("RANK", "0")) == 0:
         folder = Path(config.output_dir) / config.name
-        for name, text in (
-            ("summary.json", json.dumps(summary.to_json(), indent=1)),
-            ("summary.md", summary_markdown(config.name, summary)),
-        ):
-            write_text_atomic(folder / name, text)
+        summary.write(folder / "summary.json")
+        write_text_atomic(folder / "summary.md", summary_markdown(config.name, summary))
     return summary

@@ -6,7 +6,6 @@ scored. The learning rate is a function of the step and everything random is key
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dpda.atomic import write_text_atomic
 from dpda.augment.base import Augmented
 from dpda.augment.summary import summarise_augmentation
 from dpda.checkpoint import average_weights, save_weights
@@ -255,7 +253,7 @@ def finish(run: Run) -> RunResults:
         history=progress.history,
     )
     if main:
-        write_text_atomic(run.folder / "results.json", json.dumps(results.to_json(), indent=1))
+        results.write(run.folder / "results.json")
     if run.ranks.world > 1:
         dist.barrier()
     return results
