@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from dpda.atomic import atomic_path, fsync_path
+from dpda.atomic import atomic_path, fsync_path, temporary_sibling
 from dpda.errors import DpdaError
 
 __all__ = [
@@ -297,13 +297,14 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 def save_state(folder: Path, state: Mapping[str, Any]) -> None:
     """Write ``folder`` (``state.safetensors`` + ``state.json``) as a whole: it is built in
-    ``.{name}.tmp-<pid>`` beside it, the current folder is renamed to ``.{name}.old-<pid>``, the new
-    one renamed into place and the old one deleted. A crash between the two renames leaves only
-    the old copy, which ``load_state`` does not load but names in its error."""
+    a temporary sibling (``dpda.atomic``'s, so that a killed save's is an orphan to
+    ``remove_orphans``), the current folder is renamed to ``.{name}.old-<pid>``, the new one
+    renamed into place and the old one deleted. A crash between the two renames leaves only the
+    old copy, which ``load_state`` does not load but names in its error (a run folder's lock
+    holder puts it back: ``dpda.train.folder``)."""
     folder = Path(folder)
     tensors, skeleton = flatten(dict(state))
-    tmp, old = (folder.with_name(f".{folder.name}.{tag}-{os.getpid()}") for tag in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp, old = temporary_sibling(folder), folder.with_name(f".{folder.name}.old-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
         _write(tmp / STATE_FILE, tensors, {"format": STATE_FORMAT, "version": VERSION, "skeleton": skeleton})

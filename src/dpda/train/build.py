@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,13 +22,14 @@ from dpda.augment import build_chain, load_chain
 from dpda.augment.chain import AugmentationChain
 from dpda.augment.summary import PREFIX
 from dpda.checkpoint import BestCheckpoints
-from dpda.config import ExperimentConfig, OptimConfig, load_config, save_config
+from dpda.config import ExperimentConfig, OptimConfig, save_config
 from dpda.data import AudioDataset, ResumableLoader, Utterance
 from dpda.data.sets import DataError, dataset_root, read_dataset
 from dpda.dualpath import DualPathStep, LossScaler, StepStats, WeightedCrossEntropy
 from dpda.evaluate.evaluation import read_eval_sets
 from dpda.models import architecture, build
 from dpda.results import EpochRecord
+from dpda.train.folder import no_space_error, plan, take
 from dpda.train.logger import RunLogger
 from dpda.train.paired import PairedDataset, collate_pairs
 from dpda.train.run import Ranks, Run, TrainingError
@@ -90,20 +92,18 @@ def run_dir_for(config: ExperimentConfig, seed_folder: bool = False) -> Path:
 
 def build_run(config: ExperimentConfig | None, folder: Path, *, resume: bool = False) -> Run:
     """The parts of a new run of ``config`` in ``folder``, or with ``resume`` of the run saved
-    there (its own config; the caller restores the training state)."""
-    if resume:
-        config = _resumable_config(folder)
-    elif config is None:
-        raise TrainingError("a config is required to start a run")
-    elif (folder / "config.yaml").exists():
-        raise TrainingError(
-            f"{folder} already holds a run; continue it with `dpda train --resume {folder}` or choose "
-            "another name/output_dir"
-        )
+    there (its own config; its training state restored). A folder without a saved state starts
+    anew (:mod:`dpda.train.folder`). A write that finds no room is a ``TrainingError`` naming it."""
+    config, resume = plan(folder, config, resume)
     try:
         return _build(config, folder, resume)
     except DataError as error:
         raise TrainingError(str(error)) from error
+    except OSError as error:
+        full = no_space_error(error, folder)
+        if full is None:
+            raise
+        raise full from error
 
 
 def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
@@ -169,40 +169,45 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
             f"train data: {len(train_records)} utterances make no full step of {train.batch_size} per path; "
             "lower train.batch_size"
         )
-    state = read_training_state(folder, ranks) if resume else None
-    if state is None and ranks.main:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_config(config, folder / "config.yaml")
-    run = Run(
-        config=config,
-        folder=folder,
-        ranks=ranks,
-        device=device,
-        micro_batch=micro_batch,
-        steps_per_epoch=steps_per_epoch,
-        train_records=train_records,
-        dev_records=dev_records,
-        eval_sets=eval_sets,
-        model=model,
-        chain=chain,
-        optimizer=optimizer,
-        engine=engine,
-        augment_rng=torch.Generator(device).manual_seed(config.seed * 1_000_003 + ranks.rank),
-        loader=loader,
-        best=BestCheckpoints(folder / "checkpoints", train.n_best),
-        logger=RunLogger(
-            folder,
-            step_columns=step_columns(chain),
-            epoch_columns=EpochRecord.columns(with_dev=dev_records is not None),
-            tensorboard=config.logging.tensorboard,
-            csv=config.logging.csv,
-            enabled=ranks.main,
-            resume_step=None if state is None else state["progress"]["step"],
-            resume_epoch=None if state is None else state["progress"]["epoch"],
-        ),
-    )
-    if state is not None:
-        restore_training_state(run, state)
+    with ExitStack() as on_failure:  # the lock is let go if the run cannot be built
+        lock = take(folder, config, resume, ranks)
+        if lock is not None:
+            on_failure.callback(lock.release)
+        state = read_training_state(folder, ranks) if resume else None
+        if state is None and ranks.main:
+            save_config(config, folder / "config.yaml")
+        run = Run(
+            config=config,
+            folder=folder,
+            ranks=ranks,
+            device=device,
+            micro_batch=micro_batch,
+            steps_per_epoch=steps_per_epoch,
+            train_records=train_records,
+            dev_records=dev_records,
+            eval_sets=eval_sets,
+            model=model,
+            chain=chain,
+            optimizer=optimizer,
+            engine=engine,
+            augment_rng=torch.Generator(device).manual_seed(config.seed * 1_000_003 + ranks.rank),
+            loader=loader,
+            best=BestCheckpoints(folder / "checkpoints", train.n_best),
+            logger=RunLogger(
+                folder,
+                step_columns=step_columns(chain),
+                epoch_columns=EpochRecord.columns(with_dev=dev_records is not None),
+                tensorboard=config.logging.tensorboard,
+                csv=config.logging.csv,
+                enabled=ranks.main,
+                resume_step=None if state is None else state["progress"]["step"],
+                resume_epoch=None if state is None else state["progress"]["epoch"],
+            ),
+            lock=lock,
+        )
+        if state is not None:
+            restore_training_state(run, state)
+        on_failure.pop_all()
     return run
 
 
@@ -255,10 +260,3 @@ def _warn_inexact_batchnorm(model: nn.Module, accumulation: int, world: int) -> 
             "on one process)",
             stacklevel=4,
         )
-
-
-def _resumable_config(folder: Path) -> ExperimentConfig:
-    path = folder / "config.yaml"
-    if not path.exists():
-        raise TrainingError(f"{folder} holds no run to resume (no config.yaml)")
-    return load_config(path)

@@ -17,6 +17,7 @@ from dpda.data import ResumableLoader, Utterance
 from dpda.dualpath import ConflictMeter, DualPathStep
 from dpda.errors import DpdaError
 from dpda.results import EpochRecord
+from dpda.train.lock import RunLock
 from dpda.train.logger import RunLogger
 
 
@@ -93,6 +94,15 @@ class Run:
     loader: ResumableLoader
     best: BestCheckpoints
     logger: RunLogger
+    lock: RunLock | None  # the run folder's, held by rank 0 (the only writer)
     progress: Progress = field(default_factory=Progress)
     meter: ConflictMeter = field(default_factory=ConflictMeter)
     sums: EpochSums = field(default_factory=EpochSums)
+
+    def close(self) -> None:
+        """The logs closed and the folder's lock let go: the training is over, or failed."""
+        try:
+            self.logger.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()

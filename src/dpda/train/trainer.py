@@ -32,6 +32,7 @@ from dpda.evaluate.evaluation import Detector, evaluate_sets
 from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.results import DevMetrics, EpochRecord, RunResults, pooled_conflict_rate
 from dpda.train.build import build_run, run_dir_for
+from dpda.train.folder import no_space_error
 from dpda.train.run import EpochSums, Run, TrainingError
 from dpda.train.state import save_training_state
 
@@ -50,14 +51,22 @@ def train(config: ExperimentConfig | None, run_dir: Path | None = None, *, resum
 
 
 def fit(run: Run) -> RunResults:
-    """The loop: epochs until they run out or early stopping says so, then the final model."""
+    """The loop: epochs until they run out or early stopping says so, then the final model. The
+    run is closed at the end (its folder's lock let go); a write that finds no room is a
+    ``TrainingError`` naming it, and the folder resumes from its last saved state."""
     try:
-        while not run.progress.stopped and run.progress.epoch < run.config.train.epochs:
-            train_epoch(run)
-            end_epoch(run)
-        return finish(run)
-    finally:
-        run.logger.close()
+        try:
+            while not run.progress.stopped and run.progress.epoch < run.config.train.epochs:
+                train_epoch(run)
+                end_epoch(run)
+            return finish(run)
+        finally:
+            run.close()
+    except OSError as error:
+        full = no_space_error(error, run.folder)
+        if full is None:
+            raise
+        raise full from error
 
 
 def learning_rate(optim: OptimConfig, step: int, epoch: int, total_steps: int) -> float:
