@@ -285,7 +285,7 @@ def _score(args: argparse.Namespace) -> int:
     failed = False
     for record in score_files(detector, args.paths, device):
         failed |= "error" in record
-        print(json.dumps(record), flush=True)
+        print(json.dumps(record, allow_nan=False), flush=True)
     return 1 if failed else 0
 
 

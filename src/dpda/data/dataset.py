@@ -54,13 +54,14 @@ class AudioDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, str]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
-        return self.fit(self.decode(index), epoch, index), record.label, record.utt_id
+        head = None if self.crop == "random" else self.length  # only the head is kept: read no more
+        return self.fit(self.decode(index, head), epoch, index), record.label, record.utt_id
 
-    def decode(self, index: int) -> np.ndarray:
-        """Utterance ``index`` whole, as decoded (mono, at the sample rate)."""
+    def decode(self, index: int, max_samples: int | None = None) -> np.ndarray:
+        """Utterance ``index`` as decoded (mono, at the sample rate): whole, or its first ``max_samples``."""
         path = self.records[index].path
         assert path is not None  # __init__ refuses records without one
-        return load_audio(self.root / path, self.sample_rate)
+        return load_audio(self.root / path, self.sample_rate, max_samples)
 
     def fit(self, audio: np.ndarray, epoch: int, index: int) -> np.ndarray:
         """``audio`` cropped or padded by the policy; the crop is keyed by (seed, epoch, index), so

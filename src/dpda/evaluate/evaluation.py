@@ -6,6 +6,7 @@ config that built it and the dev-set calibration) or a run folder (its ``final.s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from dpda.atomic import write_text_atomic
 from dpda.checkpoint import CheckpointError, check_architecture, load_weights
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
+from dpda.data.audio import duration
 from dpda.data.protocols import AUDIO_EXTENSIONS
 from dpda.data.sets import dataset_name, dataset_root, read_dataset
 from dpda.evaluate.calibration import Calibration
@@ -171,23 +173,29 @@ def audio_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.device) -> Iterator[dict[str, Any]]:
     """One record per file: the raw score, the calibrated probability that it is spoofed and the
-    decision at the stored threshold; a file that cannot be read gets an ``error`` instead."""
+    decision at the stored threshold. A file that cannot be read, that the model cannot take (too
+    short for its frames) or that it scores NaN/inf gets an ``error`` instead, and the others are
+    still scored; with ``eval.max_seconds``, only the head of each file that is scored is read."""
     config = detector.config
-    max_seconds = config.eval.max_seconds
+    length = round(config.eval.max_seconds * config.data.sample_rate) if config.eval.max_seconds else None
     for path in audio_files(paths):
         try:
-            audio = load_audio(path, config.data.sample_rate)
+            seconds = duration(path)
+            audio = load_audio(path, config.data.sample_rate, length)
             if not len(audio):
                 raise ValueError("no samples")
         except Exception as error:
             yield {"path": str(path), "error": f"{type(error).__name__}: {error}"}
             continue
-        seconds = len(audio) / config.data.sample_rate
-        if max_seconds:
-            audio = fit_length(audio, round(max_seconds * config.data.sample_rate), "head")
-        _, logits, _ = predict(
-            detector.model, [(torch.from_numpy(audio)[None], torch.zeros(1, dtype=torch.long), [str(path)])], device
-        )
+        if length:
+            audio = fit_length(audio, length, "head")
+        try:
+            _, logits, _ = predict(
+                detector.model, [(torch.from_numpy(audio)[None], torch.zeros(1, dtype=torch.long), [str(path)])], device
+            )
+        except (RuntimeError, ValueError) as error:  # too short for the model's frames or kernels, ...
+            yield {"path": str(path), "error": f"the model cannot score a file of {len(audio)} samples: {error}"}
+            continue
         score = float(scores_from_logits(logits, config.eval.score)[0])
         record: dict[str, Any] = {"path": str(path), "seconds": round(seconds, 3), "score": round(score, 6)}
         if detector.calibration is not None:
@@ -197,4 +205,11 @@ def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.d
                 decision="spoof" if calibration.is_spoof(score) else "bonafide",
                 threshold=round(calibration.threshold, 6),
             )
+        bad = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
+        if bad:
+            record = {
+                "path": str(path),
+                "error": f"its {' and '.join(bad)} came out NaN or infinite: are the checkpoint's weights "
+                "(and calibration) finite?",
+            }
         yield record
