@@ -165,7 +165,7 @@ def test_wrong_types_name_the_key_and_what_was_expected(data, key, expected):
         ("train.batch_size=0", "train.batch_size"),
         ("train.n_best=0", "train.n_best"),
         ("optim.lr=0", "optim.lr"),
-        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas[1]"),
         ("dualpath.class_weights=[0, 0]", "dualpath.class_weights"),
         ("augment.chain=null", "augment.chain"),
     ],

@@ -56,10 +56,12 @@ def test_valid_corpus_reports_durations_and_warns_on_silence(tmp_path):
     assert report.silent == [str(tmp_path / "silent.wav")]
 
 
-def test_header_only_mode_skips_decoding(tmp_path):
+def test_header_only_mode_reads_the_samples_of_float_files_only(tmp_path):
     make_corpus(tmp_path)
-    report = validate([record("nan.wav")], tmp_path, decode=False, progress=False)  # NaN needs decoding
-    assert report.durations == {"nan": 0.5}
+    report = validate([record("silent.wav")], tmp_path, decode=False, progress=False)  # PCM 16: not decoded
+    assert report.durations == {"silent": 0.5} and report.silent == []
+    with pytest.raises(AudioValidationError, match="1 NaN or infinite sample"):  # FLOAT: samples read
+        validate([record("nan.wav")], tmp_path, decode=False, progress=False)
 
 
 def test_missing_root_and_missing_path(tmp_path):

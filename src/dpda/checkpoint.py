@@ -14,6 +14,12 @@ so a lone ``.safetensors`` loads on its own.
 Training state: a folder with ``state.safetensors`` and ``state.json``; ``flatten`` splits nested
 dicts, lists and tuples into tensors (to safetensors) and a JSON skeleton, and ``unflatten``
 rebuilds them exactly, non-string dict keys, numpy arrays and big ints included.
+
+No file gets a NaN or an infinity: a weight or state tensor that holds one is refused by name
+(``NonFiniteError``, nothing is written and the previous file stays), as weights that are not
+finite are a diverged training, never worth keeping. JSON is written strictly (no ``NaN`` or
+``Infinity`` tokens, which other readers refuse); a non-finite float of a training state (a best
+metric of ``inf`` before the first epoch) is stored as a marker and read back exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import os
 import random
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,11 @@ from dpda.errors import DpdaError
 __all__ = [
     "BestCheckpoints",
     "CheckpointError",
+    "NonFiniteError",
     "average_weights",
     "capture_rng",
     "check_architecture",
+    "describe_non_finite",
     "flatten",
     "load_state",
     "load_weights",
@@ -57,12 +65,56 @@ VERSION = 1
 STATE_FILE = "state.safetensors"
 _SHOWN = 5  # keys an error message lists per kind of difference
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
-_MARKERS = frozenset({"__tensor__", "__ndarray__", "__tuple__", "__items__", "__int__"})
+_MARKERS = frozenset({"__tensor__", "__ndarray__", "__tuple__", "__items__", "__int__", "__float__"})
 _INT64 = 2**63  # ints beyond int64 go to JSON as hex: other JSON readers and Python's str(int) limit
 
 
 class CheckpointError(DpdaError, ValueError):
     """A checkpoint that cannot be used: missing, corrupt, foreign, or of another architecture."""
+
+
+class NonFiniteError(CheckpointError):
+    """Weights, a training state or metadata holding NaN or infinite values, refused at the write."""
+
+
+def _named_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value inside nested mappings, lists and tuples, with its dotted path."""
+    if isinstance(obj, Mapping):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        yield prefix, obj
+        return
+    for key, value in items:
+        yield from _named_leaves(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def describe_non_finite(leaves: Iterable[tuple[str, Any]]) -> str | None:
+    """The floating-point tensors and floats among ``leaves`` that hold NaN or infinity, a few
+    named with their counts of such values; None when there are none."""
+    bad = []
+    for name, value in leaves:
+        if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+            count = value.numel() - int(torch.isfinite(value).sum())
+            if count:
+                bad.append(f"{name} ({count} of {value.numel()} values)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{name} ({value})")
+    if not bad:
+        return None
+    more = f", ... ({len(bad)} in all)" if len(bad) > _SHOWN else ""
+    return f"NaN or infinity in {', '.join(bad[:_SHOWN])}{more}"
+
+
+def _refuse_non_finite(target: Path, leaves: Iterable[tuple[str, Any]]) -> None:
+    """Raise ``NonFiniteError`` before ``target`` is written if any of ``leaves`` is not finite."""
+    problem = describe_non_finite(leaves)
+    if problem:
+        raise NonFiniteError(
+            f"{target}: not written, {problem}; the file written before is kept. Non-finite weights mean "
+            "a diverged training: lower optim.lr or set dualpath.max_grad_norm and train again"
+        )
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -85,7 +137,7 @@ def _prepare(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _write(path: Path, tensors: Mapping[str, Tensor], document: Mapping[str, Any]) -> None:
     """The tensors with ``document`` in their header, then ``document`` as ``.json``; both atomic.
     An older ``.json`` goes first, so a ``.json`` never describes other weights than its own."""
-    text = json.dumps(document, indent=1)
+    text = json.dumps(document, indent=1, allow_nan=False)
     prepared = _prepare(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").unlink(missing_ok=True)
@@ -159,6 +211,7 @@ def save_weights(path: Path, state_dict: Mapping[str, Tensor], meta: Mapping[str
     reserved = sorted({"format", "version"} & set(meta))
     if reserved:
         raise ValueError(f"meta: {reserved} are reserved for the file format")
+    _refuse_non_finite(Path(path), [*state_dict.items(), *_named_leaves(meta, "meta")])
     _write(Path(path), state_dict, {"format": WEIGHTS_FORMAT, "version": VERSION, **meta})
 
 
@@ -215,9 +268,10 @@ def check_architecture(
 def flatten(obj: Any) -> tuple[dict[str, Tensor], Any]:
     """``obj`` as tensors plus a JSON skeleton naming them; ``unflatten`` inverts it exactly.
 
-    Takes nested dict, list and tuple of tensors, numpy arrays, int, float (inf and NaN too),
-    bool, str and None. Dicts with keys that are not all strings, and dicts that use a marker
-    key, become ``{"__items__": [[key, value], ...]}`` so that every key keeps its type.
+    Takes nested dict, list and tuple of tensors, numpy arrays, int, float (inf and NaN too, as
+    ``{"__float__": "inf"}``: strict JSON has neither), bool, str and None. Dicts with keys that
+    are not all strings, and dicts that use a marker key, become ``{"__items__": [[key, value],
+    ...]}`` so that every key keeps its type.
     """
     tensors: dict[str, Tensor] = {}
 
@@ -227,6 +281,8 @@ def flatten(obj: Any) -> tuple[dict[str, Tensor], Any]:
         return key
 
     def walk(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return {"__float__": repr(value)}
         if value is None or isinstance(value, (bool, str, float)):
             return value
         if isinstance(value, int):
@@ -271,6 +327,8 @@ def unflatten(skeleton: Any, tensors: Mapping[str, Tensor]) -> Any:
             return {build(k): build(v) for k, v in node["__items__"]}
         if "__int__" in node:
             return int(node["__int__"], 16)
+        if "__float__" in node:
+            return float(node["__float__"])
         return {k: build(v) for k, v in node.items()}
 
     return build(skeleton)
@@ -303,6 +361,7 @@ def save_state(folder: Path, state: Mapping[str, Any]) -> None:
     old copy, which ``load_state`` does not load but names in its error (a run folder's lock
     holder puts it back: ``dpda.train.folder``)."""
     folder = Path(folder)
+    _refuse_non_finite(folder, (leaf for leaf in _named_leaves(state) if isinstance(leaf[1], Tensor)))
     tensors, skeleton = flatten(dict(state))
     tmp, old = temporary_sibling(folder), folder.with_name(f".{folder.name}.old-{os.getpid()}")
     tmp.mkdir(parents=True)
@@ -343,15 +402,16 @@ def average_weights(paths: Sequence[Path]) -> dict[str, Tensor]:
     """The element-wise mean of the checkpoints' floating-point tensors, summed in float64 and cast
     back to each tensor's dtype. Other tensors (BatchNorm's ``num_batches_tracked``) come from the
     first path, by convention the best checkpoint. Files are read one at a time, so memory holds
-    the running sum and one checkpoint."""
+    the running sum and one checkpoint. A file with a NaN or infinity is refused by name
+    (``NonFiniteError``); the mean of finite tensors is finite, so the average always is."""
     if not paths:
         raise ValueError("average_weights: no checkpoints given")
-    first, _ = load_weights(paths[0])
+    first = _finite_weights(paths[0])
     layouts, dtypes = _layouts(first, dtype=True), {k: v.dtype for k, v in first.items()}
     total = {k: v.to(torch.float64, copy=True) if v.is_floating_point() else v for k, v in first.items()}
     del first
     for path in paths[1:]:
-        tensors, _ = load_weights(path)
+        tensors = _finite_weights(path)
         problem = _mismatch(layouts, _layouts(tensors, dtype=True))
         if problem:
             raise CheckpointError(f"{path}: does not match {paths[0]}, so they cannot be averaged: {problem}")
@@ -359,6 +419,14 @@ def average_weights(paths: Sequence[Path]) -> dict[str, Tensor]:
             if value.is_floating_point():
                 total[key] += value.to(torch.float64)
     return {k: (v / len(paths)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
+
+
+def _finite_weights(path: Path) -> dict[str, Tensor]:
+    tensors, _ = load_weights(path)
+    problem = describe_non_finite(tensors.items())
+    if problem:
+        raise NonFiniteError(f"{path}: cannot be averaged, {problem}")
+    return tensors
 
 
 def _rank(entry: tuple[int, float]) -> tuple[float, int]:

@@ -15,15 +15,23 @@ saved copy is whole, without ``base:``, so that a run folder never depends on ot
 
 YAML reads ``1e-6`` (no dot) as a string; the loader here reads it as a float, as YAML 1.2 does,
 in files and override values alike, and float fields also accept such strings from plain dicts.
+
+Every number is checked by the checker of its kind (``_int_at_least``, ``_float_in``): ints are
+ints, not bools; floats are finite (YAML's ``.inf`` and ``.nan``, or ``1e400``, would reach
+the weights as NaN), and inside free-form mappings (``model``, ``*options``) too; ranges are the
+ones the optimizer, loader and losses accept. A learning rate above 1 is allowed (large-batch
+SGD uses such rates) with a warning.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +63,35 @@ def _check(ok: bool, key: str, expected: str, found: Any) -> None:
         raise ConfigError(key, f"expected {expected}, found {_show(found)}")
 
 
+def _int_at_least(key: str, value: Any, minimum: int, *, null: bool = False) -> None:
+    """``value`` is an int (not a bool) >= ``minimum``, or None where ``null`` allows it."""
+    ok = (null and value is None) or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum)
+    _check(ok, key, f"an int >= {minimum}{' or null' if null else ''}", value)
+
+
+def _float_in(
+    key: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    null: bool = False,
+) -> None:
+    """``value`` is a finite number in the interval from ``low`` to ``high`` (each end included
+    unless open), or None where ``null`` allows it."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (null and value is None) or (
+        number and (low < value if open_low else low <= value) and (value < high if open_high else value <= high)
+    )
+    if high == math.inf:
+        expected = f"a finite float {'>' if open_low else '>='} {low}"
+    else:
+        expected = f"a float in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    _check(ok, key, expected + (" or null" if null else ""), value)
+
+
 @dataclass(frozen=True)
 class DataSet:
     """One protocol: the trials it lists and where their audio lives."""
@@ -83,9 +120,9 @@ class DataConfig:
     validate: Literal["header", "decode", "off"] = "header"  # audio check before training
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate > 0, "sample_rate", "a positive int", self.sample_rate)
-        _check(self.crop_length > 0, "crop_length", "a positive int", self.crop_length)
-        _check(self.workers >= 0, "workers", "an int >= 0", self.workers)
+        _int_at_least("sample_rate", self.sample_rate, 1)
+        _int_at_least("crop_length", self.crop_length, 1)
+        _int_at_least("workers", self.workers, 0)
 
 
 @dataclass(frozen=True)
@@ -132,13 +169,10 @@ class DualPathConfig:
 
     def __post_init__(self) -> None:
         weights = self.class_weights
-        _check(min(weights) >= 0 and sum(weights) > 0, "class_weights", "weights >= 0, not both 0", weights)
-        _check(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            "max_grad_norm",
-            "a positive float or null",
-            self.max_grad_norm,
-        )
+        for index, weight in enumerate(weights):
+            _float_in(f"class_weights[{index}]", weight, 0)
+        _check(sum(weights) > 0, "class_weights", "weights >= 0, not both 0", weights)
+        _float_in("max_grad_norm", self.max_grad_norm, 0, open_low=True, null=True)
 
 
 @dataclass(frozen=True)
@@ -156,13 +190,20 @@ class OptimConfig:
     gamma: float = 0.5  # learning-rate factor of each step-scheduler decay
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "lr", "a positive float", self.lr)
-        _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
-        _check(all(0 <= b < 1 for b in self.betas), "betas", "two floats in [0, 1)", self.betas)
-        _check(0 <= self.momentum < 1, "momentum", "a float in [0, 1)", self.momentum)
-        _check(self.warmup_steps >= 0, "warmup_steps", "an int >= 0", self.warmup_steps)
-        _check(self.step_size >= 1, "step_size", "an int >= 1", self.step_size)
-        _check(0 < self.gamma <= 1, "gamma", "a float in (0, 1]", self.gamma)
+        _float_in("lr", self.lr, 0, open_low=True)
+        _float_in("weight_decay", self.weight_decay, 0)
+        for index, beta in enumerate(self.betas):
+            _float_in(f"betas[{index}]", beta, 0, 1, open_high=True)
+        _float_in("momentum", self.momentum, 0, 1, open_high=True)
+        _int_at_least("warmup_steps", self.warmup_steps, 0)
+        _int_at_least("step_size", self.step_size, 1)
+        _float_in("gamma", self.gamma, 0, 1, open_low=True)
+        if self.lr > 1:
+            warnings.warn(
+                f"optim.lr {self.lr} is above 1: the first steps will likely diverge (a training whose "
+                "weights become NaN stops with an error); the paper trains with 1e-6",
+                stacklevel=2,
+            )
 
 
 @dataclass(frozen=True)
@@ -185,10 +226,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "accumulation", "epochs", "n_best", "dev_batch_size"):
-            _check(getattr(self, key) >= 1, key, "an int >= 1", getattr(self, key))
+            _int_at_least(key, getattr(self, key), 1)
         for key in ("patience", "max_steps_per_epoch", "save_every_steps"):
-            value = getattr(self, key)
-            _check(value is None or value >= 1, key, "an int >= 1 or null", value)
+            _int_at_least(key, getattr(self, key), 1, null=True)
 
 
 @dataclass(frozen=True)
@@ -201,7 +241,7 @@ class LoggingConfig:
     progress: bool = True  # progress bars on the terminal
 
     def __post_init__(self) -> None:
-        _check(self.every_steps >= 1, "every_steps", "an int >= 1", self.every_steps)
+        _int_at_least("every_steps", self.every_steps, 1)
 
 
 @dataclass(frozen=True)
@@ -214,13 +254,8 @@ class EvalConfig:
     max_seconds: float | None = None  # seconds of audio kept per utterance; None: all of it
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "batch_size", "an int >= 1", self.batch_size)
-        _check(
-            self.max_seconds is None or self.max_seconds > 0,
-            "max_seconds",
-            "a positive float or null",
-            self.max_seconds,
-        )
+        _int_at_least("batch_size", self.batch_size, 1)
+        _float_in("max_seconds", self.max_seconds, 0, open_low=True, null=True)
 
 
 @dataclass(frozen=True)
@@ -247,7 +282,7 @@ class ExperimentConfig:
             "a non-empty folder name",
             self.name,
         )
-        _check(self.seed >= 0, "seed", "an int >= 0", self.seed)
+        _int_at_least("seed", self.seed, 0)
         _check(isinstance(self.model.get("name"), str), "model.name", "a model registry name", self.model.get("name"))
 
 
@@ -402,6 +437,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             raise ConfigError(key, f"expected a mapping with string keys, found {_show(value)}", source)
+        _refuse_non_finite(value, key, source)
         return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -418,6 +454,18 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(key, f"expected {_type_name(tp)}, found {_show(value)}", source)
+
+
+def _refuse_non_finite(value: Any, key: str, source: str) -> None:
+    """A free-form mapping's numbers, at any depth, are finite: no constructor wants NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number, found {_show(value)}", source)
+    if isinstance(value, Mapping):
+        for name, entry in value.items():
+            _refuse_non_finite(entry, _join(key, str(name)), source)
+    elif isinstance(value, (list, tuple)):
+        for index, entry in enumerate(value):
+            _refuse_non_finite(entry, f"{key}[{index}]", source)
 
 
 def _convert_dataclass(value: Any, cls: type[DataclassInstance], key: str, source: str) -> DataclassInstance:

@@ -6,6 +6,12 @@ Each record is a frozen dataclass whose fields are the JSON keys, in the order t
 field is always written. ``from_json`` reads such a mapping back, so files written by earlier
 versions stay readable, and refuses unknown or missing keys by name: run folders are often other
 people's. Torch-free, like every run-folder format.
+
+JSON has no NaN or infinity (``NaN``/``Infinity`` tokens are Python's extension, which other
+readers refuse), so each record names its ``undefined`` fields: metrics that are NaN when there
+is nothing to measure (no step with a conflict flag, no finite loss, scores that give no EER).
+Such a value is written as ``null`` and read back as NaN (absent still means "not measured").
+A non-finite value in any other field (a learning rate, seconds) is a bug and refused by name.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class JsonRecord:
     """``to_json``/``from_json`` for the frozen dataclasses below (see the module doc)."""
 
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # each subclass is a dataclass
+    #: fields (floats, or mappings or lists of them) whose NaN means undefined: null in JSON
+    undefined: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def nested(cls) -> Mapping[str, Reader]:
@@ -66,16 +74,14 @@ class JsonRecord:
         return {}
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values: records as mappings, an undefined metric as None, and a
+        ``ResultsError`` for a non-finite value elsewhere."""
         out = {}
         for item in fields(self):
             value = getattr(self, item.name)
             if value is None and item.default is None:
                 continue
-            if isinstance(value, dict):
-                value = {key: _plain(entry) for key, entry in value.items()}
-            elif isinstance(value, list):
-                value = [_plain(entry) for entry in value]
-            out[item.name] = _plain(value)
+            out[item.name] = _json_value(value, item.name in self.undefined, f"{type(self).__name__}.{item.name}")
         return out
 
     @classmethod
@@ -96,16 +102,17 @@ class JsonRecord:
         if missing:
             raise ResultsError(f"{source}: missing key(s) {', '.join(missing)}")
         nested = cls.nested()
-        return cls(
-            **{
-                key: nested[key](value, f"{source}: {key}") if key in nested and value is not None else value
-                for key, value in data.items()
-            }
-        )
+
+        def read(key: str, value: Any) -> Any:
+            if key in nested and value is not None:
+                return nested[key](value, f"{source}: {key}")
+            return _nan_for_null(value) if key in cls.undefined else value
+
+        return cls(**{key: read(key, value) for key, value in data.items()})
 
     def write(self, path: str | Path) -> None:
-        """The record as the JSON file ``path``, written atomically."""
-        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
+        """The record as the JSON file ``path``, written atomically (strict JSON: no NaN tokens)."""
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1, allow_nan=False))
 
     @classmethod
     def read(cls: type[Record], path: str | os.PathLike[str]) -> Record:
@@ -118,8 +125,30 @@ class JsonRecord:
         return cls.from_json(data, str(path))
 
 
-def _plain(value: Any) -> Any:
-    return value.to_json() if isinstance(value, JsonRecord) else value
+def _json_value(value: Any, undefined: bool, where: str) -> Any:
+    """``value`` with records as mappings and non-finite floats as None (``undefined``) or refused."""
+    if isinstance(value, JsonRecord):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {key: _json_value(entry, undefined, f"{where}[{key!r}]") for key, entry in value.items()}
+    if isinstance(value, list):
+        return [_json_value(entry, undefined, f"{where}[{index}]") for index, entry in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        if undefined:
+            return None
+        raise ResultsError(f"{where}: {value} is not a finite number (JSON has no NaN or infinity)")
+    return value
+
+
+def _nan_for_null(value: Any) -> Any:
+    """An undefined metric's JSON value read back: null (inside mappings and lists too) is NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {key: _nan_for_null(entry) for key, entry in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(entry) for entry in value]
+    return value
 
 
 def _mapping_of(reader: Callable[[Any, str], Record]) -> Callable[[Any, str], dict[str, Record]]:
@@ -143,6 +172,10 @@ def _list_of(reader: Callable[[Any, str], Record]) -> Callable[[Any, str], list[
 @dataclass(frozen=True)
 class SetMetrics(JsonRecord):
     """One labelled set scored: counts, and the metrics both classes make defined."""
+
+    undefined: ClassVar[frozenset[str]] = frozenset(
+        {"eer", "eer_threshold", "min_dcf", "act_dcf", "cllr", "eer_per_attack"}
+    )
 
     protocol: str | None = field(default=None, kw_only=True)  # the eval protocol, where there is one
     utterances: int
@@ -174,6 +207,8 @@ class EvalResults(JsonRecord):
 class DevMetrics(JsonRecord):
     """The dev set under the current weights: the training loss (class weights included) and EER."""
 
+    undefined: ClassVar[frozenset[str]] = frozenset({"dev_loss", "dev_eer"})
+
     dev_loss: float
     dev_eer: float
 
@@ -181,6 +216,10 @@ class DevMetrics(JsonRecord):
 @dataclass(frozen=True)
 class EpochRecord(JsonRecord):
     """One row of ``epochs.csv`` and one entry of the run's history."""
+
+    undefined: ClassVar[frozenset[str]] = frozenset(
+        {"train_loss_orig", "train_loss_aug", "conflict_rate", "mean_cosine", "dev_loss", "dev_eer"}
+    )
 
     epoch: int
     step: int
@@ -219,6 +258,8 @@ class RunResults(JsonRecord):
     """``dpda train``'s ``results.json``: what the run did, its dev and eval metrics with the
     final (averaged) weights, and the history of its epochs."""
 
+    undefined: ClassVar[frozenset[str]] = frozenset({"conflict_rate"})
+
     name: str
     seed: int
     paper_row: str | None
@@ -255,6 +296,8 @@ class RunResults(JsonRecord):
 @dataclass(frozen=True)
 class Spread(JsonRecord):
     """One metric over seeds: mean, sample standard deviation and the values."""
+
+    undefined: ClassVar[frozenset[str]] = frozenset({"mean", "std", "values"})
 
     mean: float
     std: float

@@ -16,6 +16,10 @@ from tqdm import tqdm
 from dpda.data.errors import AudioValidationError
 from dpda.data.records import Utterance
 
+#: The soundfile subtypes whose samples can be NaN or infinite (integer PCM and FLAC cannot).
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+_BLOCK_FRAMES = 1 << 15  # frames per block when the header check reads a float file's samples
+
 
 @dataclass
 class ValidationReport:
@@ -40,9 +44,11 @@ def validate(
     """Check that every record's file exists and decodes, in parallel, with a progress bar.
 
     Missing or empty files, corrupt headers, unsupported formats, zero samples and NaN/inf
-    samples (``decode=True`` reads every sample; ``False`` reads headers only) are collected
-    and raised together as one ``AudioValidationError`` naming each file and its problem.
-    All-silent files are a warning, listed in the report.
+    samples are collected and raised together as one ``AudioValidationError`` naming each file
+    and its problem. ``decode=True`` decodes every file; ``False`` reads headers, and the samples
+    of float files only (FLOAT/DOUBLE subtypes, in small blocks): they are the only ones that can
+    hold NaN/inf, and one such sample turns a training step's gradients into NaN. All-silent files
+    are a warning, listed in the report (``decode=True`` only).
     """
     root = Path(root)
     if not root.is_dir():
@@ -84,13 +90,32 @@ def _check(record: Utterance, root: Path, decode: bool) -> tuple[float, str | No
     if info.frames <= 0:
         return 0.0, "no samples", False
     if not decode:
-        return info.frames / info.samplerate, None, False
+        return info.frames / info.samplerate, _float_samples_problem(path, info.subtype), False
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except RuntimeError as error:  # soundfile.LibsndfileError
         return 0.0, f"cannot decode ({error})", False
     if data.size == 0:
         return 0.0, "no samples", False
-    if not np.isfinite(data).all():
-        return 0.0, f"{int((~np.isfinite(data)).sum())} NaN or infinite sample(s)", False
-    return len(data) / rate, None, not np.any(data)
+    problem = _samples_problem(_non_finite(data))
+    return (0.0, problem, False) if problem else (len(data) / rate, None, not np.any(data))
+
+
+def _float_samples_problem(path: Path, subtype: str) -> str | None:
+    """The NaN/inf samples of a float file, read in small blocks as training reads them
+    (float32, so a DOUBLE too large for it counts); None at once for other subtypes."""
+    if subtype not in FLOAT_SUBTYPES:
+        return None
+    try:
+        blocks = sf.blocks(str(path), blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        return _samples_problem(sum(_non_finite(block) for block in blocks))
+    except RuntimeError as error:  # soundfile.LibsndfileError
+        return f"cannot decode ({error})"
+
+
+def _non_finite(samples: np.ndarray) -> int:
+    return int(samples.size - np.count_nonzero(np.isfinite(samples)))
+
+
+def _samples_problem(non_finite: int) -> str | None:
+    return f"{non_finite} NaN or infinite sample(s)" if non_finite else None

@@ -3,13 +3,14 @@
 from dpda.dualpath.conflicts import ConflictMeter
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, set_loss
 from dpda.dualpath.scaler import LossScaler
-from dpda.dualpath.step import DualPathStep, StepStats
+from dpda.dualpath.step import DivergedError, DualPathStep, StepStats
 from dpda.names import MODES, PRECISIONS
 
 __all__ = [
     "MODES",
     "PRECISIONS",
     "ConflictMeter",
+    "DivergedError",
     "DualPathStep",
     "LossScaler",
     "PathLoss",

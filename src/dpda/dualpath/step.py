@@ -27,12 +27,19 @@ from dpda.align import (
     make_aligner,
     pairwise_products,
 )
+from dpda.checkpoint import describe_non_finite
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 from dpda.dualpath.scaler import LossScaler
 from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distributed
+from dpda.errors import DpdaError
 from dpda.names import MODES, PRECISIONS, Mode, Precision
 
 ORIG, AUG = 0, 1
+
+
+class DivergedError(DpdaError, RuntimeError):
+    """A step was skipped and the model's own weights or buffers are not finite: no later step can
+    succeed, so training stops here rather than skip every step that is left."""
 
 
 class PathLosses(TypedDict):
@@ -169,6 +176,8 @@ class DualPathStep:
             raise ValueError(
                 f"labels must have shape ({x_orig.shape[0]},) to match the batch, got {tuple(labels.shape)}"
             )
+        if self._micro_batches == 0:
+            self._snapshot_buffers()
         batch = x_orig.shape[0]
         if self.mode == "split":
             terms = []
@@ -336,10 +345,41 @@ class DualPathStep:
         self.optimizer.step()
         for p in held:
             p.grad = None
+        self._refuse_diverged(with_parameters=False)
+
+    def _snapshot_buffers(self) -> None:
+        """Copy every buffer before the step's first forward pass: forward passes write buffers
+        (BatchNorm's running statistics and ``num_batches_tracked``), and a skipped step must
+        leave them as they were. Buffers are small next to the parameters and their gradient
+        sets, so copying all of them is cheaper than knowing which ones a model writes, or than a
+        forward pass on a copy of the model; parameters need no copy, as only the optimizer
+        writes them."""
+        self._saved_buffers: list[tuple[Tensor, Tensor]] = [(b, b.detach().clone()) for b in self.model.buffers()]
 
     def _skip(self, losses: PathLosses) -> StepStats:
-        """A non-finite gradient (or weight) never reaches the parameters."""
+        """A non-finite gradient (or weight) never reaches the model: the parameters are not
+        stepped and the buffers the step's forward passes wrote get their values back."""
+        with torch.no_grad():
+            for buffer, saved in self._saved_buffers:
+                buffer.copy_(saved)
+        self._refuse_diverged(with_parameters=True)
         return StepStats(**losses, skipped=True, loss_scale=self._scale())
+
+    def _refuse_diverged(self, with_parameters: bool) -> None:
+        """Raise ``DivergedError`` when the model's buffers, or with ``with_parameters`` its
+        parameters too, are not finite. Skipping is for a bad batch or an fp16 overflow; a model
+        that is not finite itself came from a step with finite gradients that overflowed (the
+        optimizer's moments, or BatchNorm's running variance of huge activations), and every
+        later step would be skipped or spread it. Buffers are checked after every step (they are
+        small), parameters in skipped steps only; one synchronisation either way."""
+        named = [*self.model.named_buffers(), *(self.model.named_parameters() if with_parameters else [])]
+        floats = [tensor.detach() for _, tensor in named if tensor.is_floating_point()]
+        if not floats or bool(torch.stack([torch.isfinite(tensor).all() for tensor in floats]).all()):
+            return
+        raise DivergedError(
+            f"optimizer step {self.steps + 1}: the training diverged: the model has "
+            f"{describe_non_finite(named)}; lower the learning rate or clip the gradient norm (max_grad_norm)"
+        )
 
     def _scale(self) -> float | None:
         return self.loss_scaler.scale if self.loss_scaler is not None else None
@@ -349,6 +389,7 @@ class DualPathStep:
         # num_o, den_o, num_a, den_a, kept on the device so micro-batches do not synchronise
         self._totals = torch.zeros(4, dtype=torch.float64, device=self.params[0].device)
         self._micro_batches = 0
+        self._saved_buffers = []  # filled by the next step's first accumulate
 
 
 def _ratio(numerator: float, denominator: float) -> float:
