@@ -11,8 +11,8 @@ finishes is compared with an uninterrupted one, weight for weight.
 3.   a folder of another config is refused, naming the differing key and both values;
 4.   a second training into a locked folder is refused naming the holder (pid, host, command),
      and once the holder is killed its lock file does not block;
-5.   two real trainings into one folder at once: one trains to the uninterrupted weights, the
-     other is refused in one line;
+5.   two real trainings started into one folder at once: one trains to the uninterrupted
+     weights, the other is refused in one line naming it;
 6.   with two torchrun ranks, a locked folder stops both (no rank waits forever);
 7.   temporaries of a SIGKILLed writer (in the folder, ``state/``, ``checkpoints/``, a state
      save's temporary folder) are removed when the run resumes, and it resumes exactly;
@@ -137,7 +137,7 @@ def test_a_run_killed_before_its_first_state_save_restarts(corpus, tmp_path, ref
     run = tmp_path / "runs" / "tiny"
     assert (run / "config.yaml").exists() and (run / "steps.csv").exists() and not (run / "state").exists()
     gate.unlink()
-    completed = _dpda("train", *([str(config)] if command == "config" else ["--resume", str(run)]))
+    completed = _dpda("train", *([str(config)] if command == "config" else ["--resume", str(run), "--trust-code"]))
     assert completed.returncode == 0, completed.stderr
     assert "no saved training state" in completed.stderr and "starting it anew" in completed.stderr
     (aside,) = run.glob(".aborted-*")
@@ -175,11 +175,20 @@ def test_a_locked_folder_is_refused_naming_its_holder_and_a_dead_holder_does_not
 def test_two_trainings_at_once_one_trains_and_the_other_is_refused(corpus, tmp_path, reference):
     gate = tmp_path / "gate"
     config = write_config(tmp_path / "c.yaml", _config(corpus, tmp_path / "runs", gate))
-    first = _held(config, gate)  # nothing saved yet: the second sees a folder to restart
-    second = _dpda("train", str(config))
-    assert f"is in use by another training (pid {first.pid} on " in _error_line(second)
+    gate.touch()  # whichever takes the folder first waits at its first step, holding the lock
+    command = [sys.executable, "-m", "dpda", "train", str(config)]
+    both = [subprocess.Popen(command, env=environment(), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while all(process.poll() is None for process in both):
+        assert time.monotonic() < deadline, "neither training was refused"
+        time.sleep(0.01)
+    refused = next(process for process in both if process.returncode is not None)
+    (winner,) = (process for process in both if process is not refused)
+    stderr = refused.communicate()[1]
+    line = _error_line(subprocess.CompletedProcess(command, refused.returncode, "", stderr))
+    assert f"is in use by another training (pid {winner.pid} on " in line
     gate.unlink()
-    assert first.communicate(timeout=300) is not None and first.returncode == 0
+    assert winner.communicate(timeout=300) is not None and winner.returncode == 0
     _assert_same_weights(tmp_path / "runs" / "tiny", reference)
 
 
@@ -233,7 +242,7 @@ def test_a_killed_writers_temporaries_are_removed_on_resume(killed_mid_epoch, tm
     )
     killed = subprocess.run([sys.executable, "-c", code, str(run)], env=environment(), check=False)
     assert killed.returncode == -signal.SIGKILL and len(_temporaries(run)) == 4
-    completed = _dpda("train", "--resume", str(run))
+    completed = _dpda("train", "--resume", str(run), "--trust-code")
     assert completed.returncode == 0, completed.stderr
     assert _temporaries(run) == []
     _assert_same_weights(run, reference)
@@ -242,7 +251,7 @@ def test_a_killed_writers_temporaries_are_removed_on_resume(killed_mid_epoch, tm
 def test_a_state_save_killed_between_its_renames_resumes_from_the_previous_state(killed_mid_epoch, tmp_path, reference):
     run = _copy(killed_mid_epoch, tmp_path)
     os.replace(run / "state", run / ".state.old-4242")  # what save_state leaves between its renames
-    completed = _dpda("train", "--resume", str(run))
+    completed = _dpda("train", "--resume", str(run), "--trust-code")
     assert completed.returncode == 0, completed.stderr
     assert not list(run.glob(".state.old-*"))
     _assert_same_weights(run, reference)
@@ -300,7 +309,7 @@ def test_a_file_size_limit_while_saving_is_one_error_and_the_run_resumes(corpus,
     assert "state.safetensors: File too large (EFBIG): the file size limit" in line and "--resume" in line
     run = tmp_path / "runs" / "tiny"
     assert _temporaries(run) == [] and not (run / "final.safetensors").exists()
-    completed = _dpda("train", "--resume", str(run))
+    completed = _dpda("train", "--resume", str(run), "--trust-code")
     assert completed.returncode == 0, completed.stderr
     _assert_same_weights(run, reference)
 
@@ -326,7 +335,7 @@ def test_a_full_disk_is_one_error_and_the_run_resumes_once_there_is_room(corpus,
     filler.unlink()
     run = small_disk / "runs" / "tiny"
     assert _temporaries(run) == []
-    completed = _dpda("train", "--resume", str(run))
+    completed = _dpda("train", "--resume", str(run), "--trust-code")
     assert completed.returncode == 0, completed.stderr
     _assert_same_weights(run, reference)
 
