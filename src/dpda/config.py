@@ -117,7 +117,8 @@ class DataConfig:
     crop_length: int = 66800  # samples per training crop (the paper's 4.175 s at 16 kHz)
     crop_policy: CropPolicy = "head"  # which part is kept (longer) or repeated (shorter)
     workers: int = 2  # data-loader worker processes; 0 loads in the main process
-    validate: Literal["header", "decode", "off"] = "header"  # audio check before training
+    validate: Literal["header", "decode", "off"] = "header"  # audio check before training (header: float files
+    # have their samples read too, as only they can hold NaN)
 
     def __post_init__(self) -> None:
         _int_at_least("sample_rate", self.sample_rate, 1)
@@ -202,7 +203,7 @@ class OptimConfig:
             warnings.warn(
                 f"optim.lr {self.lr} is above 1: the first steps will likely diverge (a training whose "
                 "weights become NaN stops with an error); the paper trains with 1e-6",
-                stacklevel=2,
+                stacklevel=3,  # the caller of the dataclass's __init__
             )
 
 
