@@ -15,8 +15,10 @@ from dpda.corpus import CorpusError, MissingPackagesError
 from dpda.data import AudioValidationError, ProtocolError
 from dpda.data.sets import DataError
 from dpda.errors import DpdaError
+from dpda.evaluate.calibration import CalibrationError
 from dpda.evaluate.scoring import ScoreError
 from dpda.landscape import LandscapeError
+from dpda.models import UntrustedCodeError
 from dpda.models.fairseq_convert import ConversionError, UnsafeCheckpointError
 from dpda.models.weights import WeightsError
 from dpda.report import ReportError
@@ -44,6 +46,8 @@ from dpda.train.logger import LogFileError
         (ResultsError, ValueError),
         (LogFileError, ValueError),
         (ReportError, ValueError),
+        (UntrustedCodeError, ValueError),
+        (CalibrationError, ValueError),
     ],
 )
 def test_every_user_error_is_a_dpda_error_and_keeps_its_builtin_base(error, builtin):

@@ -30,7 +30,7 @@ def run(corpus, tmp_path_factory) -> Path:
 
 
 def test_the_final_checkpoint_carries_a_dev_calibration(run):
-    detector = load_detector(run, torch.device("cpu"))
+    detector = load_detector(run, torch.device("cpu"), trust_code=True)
     assert detector.calibration is not None and detector.calibration.fitted_on == "dev"
     assert detector.calibration.scale > 0  # higher scores are more bona fide
 
@@ -39,7 +39,7 @@ def test_eval_scores_every_set_and_matches_the_metrics(run, corpus, tmp_path):
     out = tmp_path / "eval"
     extra = f"eval.sets=[{{kind: asvspoof2019, protocol: {corpus / 'dev.txt'}, root: {corpus}, name: dev_again}}]"
     result = subprocess.run(
-        [sys.executable, "-m", "dpda", "eval", str(run), "--out", str(out), "--set", extra],
+        [sys.executable, "-m", "dpda", "eval", str(run), "--out", str(out), "--set", extra, "--trust-code"],
         env=environment(),
         capture_output=True,
         text=True,
@@ -56,7 +56,7 @@ def test_eval_scores_every_set_and_matches_the_metrics(run, corpus, tmp_path):
 
 
 def test_an_interrupted_scoring_resumes_and_keeps_what_was_scored(run, corpus, tmp_path):
-    detector = load_detector(run, torch.device("cpu"))
+    detector = load_detector(run, torch.device("cpu"), trust_code=True)
     records = read_protocol("asvspoof2019", corpus / "eval.txt")
     out = tmp_path / "eval.txt"
     full = score_protocol(
@@ -130,6 +130,7 @@ def test_score_command_reports_each_file_and_bad_ones(run, corpus, tmp_path):
             str(corpus / "flac" / "EVAL_0001.flac"),
             "--model",
             str(run),
+            "--trust-code",  # the tiny runs' model is the tests' own class
         ],
         env=environment(),
         capture_output=True,
@@ -160,6 +161,7 @@ def test_landscape_command_writes_the_figure_and_the_grid(run, tmp_path):
             "6",
             "--out",
             str(tmp_path),
+            "--trust-code",
         ],
         env=environment(),
         capture_output=True,

@@ -17,6 +17,7 @@ LAYERS = {
     "errors": 0,
     "markdown": 0,
     "names": 0,
+    "paths": 0,
     "align": 0,
     "config": 1,
     "data": 2,

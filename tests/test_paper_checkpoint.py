@@ -240,6 +240,6 @@ def test_a_run_started_from_model_init_scores_without_its_init_file(tmp_path, co
     config["eval"] = {"sets": []}
     train(config_from_dict(config))
     (tmp_path / "init.safetensors").unlink()
-    detector = load_detector(tmp_path / "runs" / "tiny" / "final.safetensors", torch.device("cpu"))
+    detector = load_detector(tmp_path / "runs" / "tiny" / "final.safetensors", torch.device("cpu"), trust_code=True)
     trained, _ = load_weights(tmp_path / "runs" / "tiny" / "final.safetensors")
     assert all(torch.equal(detector.model.state_dict()[k], v) for k, v in trained.items())

@@ -164,6 +164,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /eval)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    _add_trust_code(evaluate, "the checkpoint")
     evaluate.set_defaults(handler=_evaluate)
     score = commands.add_parser(
         "score",
@@ -176,6 +177,7 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     score.add_argument("paths", nargs="+", type=Path, help="audio files or folders")
     score.add_argument("--model", type=Path, required=True, help="run folder or .safetensors checkpoint")
     score.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    _add_trust_code(score, "the checkpoint")
     score.set_defaults(handler=_score)
     landscape = commands.add_parser(
         "landscape",
@@ -200,7 +202,17 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     landscape.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /landscape)")
     landscape.add_argument("--device", default="auto")
     landscape.add_argument("--seed", type=int, default=0)
+    _add_trust_code(landscape, "the checkpoint")
     landscape.set_defaults(handler=_landscape)
+
+
+def _add_trust_code(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help=f"let {what} name a model class to import (model 'custom'): that runs its code, so only "
+        "for files you made or trust; without it such a file is refused",
+    )
 
 
 def _device(name: str) -> torch.device:
@@ -216,12 +228,12 @@ def _device(name: str) -> torch.device:
     return choose_device(name, Ranks())
 
 
-def _load_detector(source: Path, device: torch.device, overrides: Sequence[str] = ()) -> Detector:
+def _load_detector(args: argparse.Namespace, source: Path, device: torch.device) -> Detector:
     """``load_detector`` of the checkpoint (or run folder) named on the command line."""
     from dpda.evaluate.evaluation import load_detector
 
     try:
-        return load_detector(source, device, overrides)
+        return load_detector(source, device, getattr(args, "overrides", ()), trust_code=args.trust_code)
     except OSError as error:
         raise _unusable(error) from error
 
@@ -231,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dpda.evaluate.evaluation import checkpoint_path, evaluate_sets, read_eval_sets, results_markdown
 
     device = _device(args.device)
-    detector = _load_detector(args.source, device, args.overrides)
+    detector = _load_detector(args, args.source, device)
     config = detector.config
     if not config.eval.sets:
         raise DataError(
@@ -254,7 +266,7 @@ def _landscape(args: argparse.Namespace) -> int:
     from dpda.landscape import checkpoint_landscape, plot_landscape, surface_sharpness
 
     device = _device(args.device)
-    detector = _load_detector(args.source, device, args.overrides)
+    detector = _load_detector(args, args.source, device)
     surface = checkpoint_landscape(
         detector.model,
         detector.config,
@@ -279,7 +291,7 @@ def _score(args: argparse.Namespace) -> int:
     from dpda.evaluate.evaluation import score_files
 
     device = _device(args.device)
-    detector = _load_detector(args.model, device)
+    detector = _load_detector(args, args.model, device)
     if detector.calibration is None:
         print("dpda score: this checkpoint has no calibration (no dev set); raw scores only", file=sys.stderr)
     failed = False
@@ -310,6 +322,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         "--seeds", type=int, nargs="+", help="train once per seed into output_dir/name/seed-N and summarise mean +- std"
     )
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    _add_trust_code(train, "the config.yaml of the --resume folder")
     train.set_defaults(handler=_train)
 
 
@@ -366,7 +379,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.overrides or args.seeds:
             raise TrainingError("--resume takes only the run folder: its saved config is used")
-        train(None, args.resume, resume=True)
+        train(None, args.resume, resume=True, trust_code=args.trust_code)
     elif args.config is None:
         raise TrainingError("give a config file (or --resume RUN_DIR); configs/default.yaml lists every key")
     else:
@@ -484,7 +497,9 @@ def _parse_option(text: str) -> tuple[str, object]:
     key, separator, value = text.partition("=")
     if not separator or not key:
         raise DpdaError(f"--option expects KEY=VALUE, got {text!r}")
-    return key, tuple(v for v in value.split(",") if v) if key.endswith("_values") else value
+    if key.endswith("_values"):
+        return key, tuple(v for v in value.split(",") if v)
+    return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
 def _list_aligners(_: argparse.Namespace) -> int:

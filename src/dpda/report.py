@@ -209,6 +209,10 @@ def _load_run(path: Path) -> Run:
     if not config.eval.sets:
         run.missing.append("no eval sets configured: no DET curves or score histograms")
     for dataset in config.eval.sets:
+        try:
+            dataset_name(dataset)  # a name that would leave scores/ refuses the run folder
+        except DataError as error:
+            raise ReportError(f"{path / 'config.yaml'}: eval.sets: {error}") from error
         _load_scores(run, dataset)
     return run
 

@@ -56,6 +56,7 @@ from typing import Any
 from dpda.data.errors import ProtocolError
 from dpda.data.records import BONAFIDE, SPOOF, Utterance
 from dpda.names import PROTOCOL_KINDS
+from dpda.paths import file_name_problem, relative_path_problem
 
 #: ASVspoof 2019/2021 audio, relative to the partition folder (e.g. ``ASVspoof2019_LA_train``).
 ASVSPOOF_PATH_TEMPLATE = "flac/{utt_id}.flac"
@@ -104,6 +105,28 @@ def _check_ids(path: Path, located: Sequence[tuple[str, _Place]], what: str) -> 
             f"duplicate utterance id {utt_id!r} (files {earlier} and {place}); "
             "ids are paths without extension and must be unique",
         )
+
+
+def _check_id(path: Path, line: int, utt_id: str) -> None:
+    """An id is one token of a score file line (``<id> <score>``): no whitespace or control
+    characters, which would shift the score into another column or line."""
+    if any(character.isspace() or ord(character) < 32 for character in utt_id):
+        raise ProtocolError(path, f"utterance id {utt_id!r} holds whitespace or a control character", line)
+
+
+def _check_audio_path(path: Path, line: int, audio: str, *, allow_absolute: bool = False) -> None:
+    """A protocol's audio path stays under the dataset root: an absolute path only where the
+    config allows it (``allow_absolute_paths``), ``..`` never (set the data set's ``root`` higher)."""
+    problem = relative_path_problem(audio)
+    if problem is None or (allow_absolute and problem == "it is an absolute path"):
+        return
+    hint = (
+        "; give the paths relative to the dataset root, or allow absolute ones with the reader option "
+        "allow_absolute_paths: true"
+        if problem == "it is an absolute path"
+        else "; set the data set's root to a folder above instead"
+    )
+    raise ProtocolError(path, f"audio path {audio!r} would leave the dataset root: {problem}{hint}", line)
 
 
 def _label(path: Path, line: int, raw: str, labels: Mapping[str, int], *, fold: bool = False) -> int:
@@ -232,6 +255,9 @@ def _read_columns(
                 number,
             )
         row = dict(zip(layout.columns, fields))
+        problem = file_name_problem(row["utt_id"])
+        if problem is not None:  # the id becomes a file name through the path template
+            raise ProtocolError(path, f"utterance id {row['utt_id']!r} is not a plain file name: {problem}", number)
         attack = row.get("attack", _NOT_GIVEN)
         record = Utterance(
             utt_id=row["utt_id"],
@@ -321,14 +347,19 @@ def read_csv(
     speaker_column: str | None = None,
     attack_column: str | None = None,
     delimiter: str | None = None,
+    allow_absolute_paths: bool = False,
 ) -> list[Utterance]:
     """A CSV with a header, one trial a row: the audio path and its label, optionally more.
 
+    Paths are relative to the dataset root and may not climb out of it with ``..``; absolute
+    paths only with ``allow_absolute_paths`` (a protocol is data, and may come from anyone).
     Label values are compared case-insensitively. Without ``id_column`` the id is the path without
     its extension. ``delimiter`` defaults to the one sniffed from the first lines (``,``, ``;``,
     tab or ``|``). Columns not used for the record's fields go into ``extra`` where non-empty.
     """
     path = Path(path)
+    if not isinstance(allow_absolute_paths, bool):
+        raise ValueError(f"allow_absolute_paths: expected true or false, got {allow_absolute_paths!r}")
     labels = {value.casefold(): BONAFIDE for value in bonafide_values}
     overlap = labels.keys() & {value.casefold() for value in spoof_values}
     if overlap:
@@ -367,6 +398,8 @@ def read_csv(
                 utt_id = cells[id_column] if id_column else _without_extension(file)
                 if not file or not utt_id:
                     raise ProtocolError(path, f"empty {path_column if not file else id_column!r} value", number)
+                _check_audio_path(path, number, file, allow_absolute=allow_absolute_paths)
+                _check_id(path, number, utt_id)
                 record = Utterance(
                     utt_id=utt_id,
                     path=file,

@@ -14,6 +14,7 @@ from dpda.data import (
     validate,
 )
 from dpda.errors import DpdaError
+from dpda.paths import file_name_problem
 
 
 class DataError(DpdaError, ValueError):
@@ -32,7 +33,12 @@ def dataset_root(dataset: DataSet) -> Path:
 
 
 def dataset_name(dataset: DataSet) -> str:
-    if dataset.name:
+    """The set's label in logs and the name of its score file (``scores/<name>.txt``): a plain
+    file name, refused otherwise, since it may come from a checkpoint or run folder of anyone's."""
+    if dataset.name is not None:
+        problem = file_name_problem(dataset.name)
+        if problem is not None:
+            raise DataError(f"data set name {dataset.name!r} ({dataset.protocol}): not a plain file name: {problem}")
         return dataset.name
     protocol = Path(dataset.protocol)
     return f"{protocol.parent.parent.name}-{protocol.stem}" if dataset.kind == "builtin" else protocol.stem

@@ -8,6 +8,7 @@ the decision threshold defaults to the dev EER threshold.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from dpda.errors import DpdaError
 from dpda.evaluate.metrics import eer
 
 
@@ -39,8 +41,24 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**data)
+    def from_dict(cls, data: Any, where: str = "calibration") -> Calibration:
+        """A calibration as ``as_dict`` wrote it, from a file (a checkpoint's metadata): anything
+        else, a missing key or a value that is not a finite number is a ``CalibrationError``."""
+        numbers = ("scale", "offset", "threshold")
+        if not isinstance(data, dict) or not set(numbers) <= data.keys() <= {*numbers, "fitted_on"}:
+            raise CalibrationError(f"{where}: expected {{scale, offset, threshold[, fitted_on]}}, got {data!r:.200}")
+        for key in numbers:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CalibrationError(f"{where}.{key}: expected a finite number, got {value!r:.80}")
+        fitted_on = data.get("fitted_on", "dev")
+        if not isinstance(fitted_on, str):
+            raise CalibrationError(f"{where}.fitted_on: expected a string, got {fitted_on!r:.80}")
+        return cls(float(data["scale"]), float(data["offset"]), float(data["threshold"]), fitted_on)
+
+
+class CalibrationError(DpdaError, ValueError):
+    """A stored calibration that is not one (a checkpoint's metadata is anyone's file)."""
 
 
 def fit_calibration(bonafide: ArrayLike, spoof: ArrayLike, fitted_on: str = "dev") -> Calibration:

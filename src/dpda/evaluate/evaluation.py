@@ -22,12 +22,12 @@ from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
 from dpda.data.audio import duration
 from dpda.data.protocols import AUDIO_EXTENSIONS
-from dpda.data.sets import dataset_name, dataset_root, read_dataset
+from dpda.data.sets import DataError, dataset_name, dataset_root, read_dataset
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
 from dpda.markdown import table
-from dpda.models import architecture, build
+from dpda.models import UntrustedCodeError, architecture, build
 from dpda.results import EvalResults, SetMetrics
 
 
@@ -44,20 +44,27 @@ def checkpoint_path(source: str | Path) -> Path:
     return source / "final.safetensors" if source.is_dir() else source
 
 
-def load_detector(source: str | Path, device: torch.device, overrides: Sequence[str] = ()) -> Detector:
-    """The model a checkpoint (or run folder) describes, with its weights, in eval mode."""
+def load_detector(
+    source: str | Path, device: torch.device, overrides: Sequence[str] = (), *, trust_code: bool = False
+) -> Detector:
+    """The model a checkpoint (or run folder) describes, with its weights, in eval mode; a model
+    whose metadata names code to import (``custom``) only with ``trust_code``."""
     path = checkpoint_path(source)
     weights, meta = load_weights(path)
     if "config" not in meta:
         raise CheckpointError(f"{path}: its metadata has no 'config'; was it written by dpda train?")
     config = config_with_overrides(meta["config"], overrides, source=f"{path} (config)")
     try:
-        model = build(architecture(config.model))  # the weights are the checkpoint's: model.init is not read
+        # the weights are the checkpoint's: model.init is not read
+        model = build(architecture(config.model), trust_code=trust_code)
+    except UntrustedCodeError as error:
+        raise UntrustedCodeError(f"{path}: {error}") from None
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: its model cannot be built: {error}") from error
     check_architecture(model, weights, path)
     model.load_state_dict(weights)
-    calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
+    stored = meta.get("calibration")
+    calibration = None if stored is None else Calibration.from_dict(stored, f"{path}: calibration")
     return Detector(model.to(device).eval(), config, calibration, path)
 
 
@@ -84,7 +91,12 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any], protocol: s
 
 
 def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[tuple[DataSet, list[Utterance]]]:
-    """Each eval set with its records, every audio file checked (``check``) before any scoring."""
+    """Each eval set with its records, every audio file checked (``check``) before any scoring;
+    two sets of one name (one score file) are refused first."""
+    names = [dataset_name(d) for d in sets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"eval.sets: two sets share the name(s) {', '.join(repeated)} (one score file each); set name:")
     return [
         (d, read_dataset(d, f"eval set {dataset_name(d)!r}", check, need_both_classes=False, progress=progress))
         for d in sets

@@ -6,6 +6,11 @@ Models on raw audio take their hyperparameters as the other keys. SSL detectors
 dict, as a converted paper checkpoint holds; or ``{"tiny": "wav2vec2"}`` for a tiny random
 front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
 follows the front-end. Any model takes ``init``: a safetensors file of its weights to start from.
+
+``custom`` imports the class it names, so it runs code: callers that build a model from a file
+someone handed over (a checkpoint's metadata, a run folder's config read back for a resume) pass
+``trust_code=False`` unless the user said otherwise (``--trust-code``), and such a config is
+refused before anything is imported.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from dpda.errors import DpdaError
 from dpda.models.options import checked_options
 from dpda.models.weights import load_init
 from dpda.suggest import did_you_mean
@@ -41,14 +47,24 @@ CUSTOM = "custom"
 MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS, CUSTOM)
 
 
-def build(config: Mapping[str, Any]) -> nn.Module:
+class UntrustedCodeError(DpdaError, ValueError):
+    """A model config from an untrusted file names code to import (``custom``'s ``class``)."""
+
+
+def build(config: Mapping[str, Any], *, trust_code: bool = True) -> nn.Module:
     """The detector ``config["name"]`` with the configuration's other keys as hyperparameters;
     ``init``, when given, names a safetensors file (e.g. a dpda checkpoint) whose weights the
-    built model then takes, every key and shape matching (``weights.load_init``)."""
+    built model then takes, every key and shape matching (``weights.load_init``). Without
+    ``trust_code`` a ``custom`` model (an import) is refused."""
     options = dict(config)
     init = options.pop("init", None)
     if init is not None and not isinstance(init, (str, os.PathLike)):
         raise ValueError(f"model.init: expected the path of a .safetensors file, got {init!r}")
+    if options.get("name") == CUSTOM and not trust_code:
+        raise UntrustedCodeError(
+            f"model 'custom' names the class {options.get('class')!r} to import, and dpda imports no code that a "
+            "checkpoint or run folder names; if you trust the file, pass --trust-code (trust_code=True in Python)"
+        )
     model = _build(options)
     if init is not None:
         load_init(model, init)

@@ -27,7 +27,7 @@ from dpda.data import AudioDataset, ResumableLoader, Utterance
 from dpda.data.sets import DataError, dataset_root, read_dataset
 from dpda.dualpath import DualPathStep, LossScaler, StepStats, WeightedCrossEntropy
 from dpda.evaluate.evaluation import read_eval_sets
-from dpda.models import architecture, build
+from dpda.models import UntrustedCodeError, architecture, build
 from dpda.results import EpochRecord
 from dpda.train.folder import no_space_error, plan, take
 from dpda.train.logger import RunLogger
@@ -90,13 +90,16 @@ def run_dir_for(config: ExperimentConfig, seed_folder: bool = False) -> Path:
     return folder / f"seed-{config.seed}" if seed_folder else folder
 
 
-def build_run(config: ExperimentConfig | None, folder: Path, *, resume: bool = False) -> Run:
+def build_run(config: ExperimentConfig | None, folder: Path, *, resume: bool = False, trust_code: bool = False) -> Run:
     """The parts of a new run of ``config`` in ``folder``, or with ``resume`` of the run saved
     there (its own config; its training state restored). A folder without a saved state starts
-    anew (:mod:`dpda.train.folder`). A write that finds no room is a ``TrainingError`` naming it."""
+    anew (:mod:`dpda.train.folder`). A write that finds no room is a ``TrainingError`` naming it.
+    A model that imports code (``custom``) is built from the caller's ``config``, or from the
+    folder's own config when it equals that or with ``trust_code``: never from a folder's word alone."""
+    given = config
     config, resume = plan(folder, config, resume)
     try:
-        return _build(config, folder, resume)
+        return _build(config, folder, resume, trust_code or config == given)
     except DataError as error:
         raise TrainingError(str(error)) from error
     except OSError as error:
@@ -106,7 +109,7 @@ def build_run(config: ExperimentConfig | None, folder: Path, *, resume: bool = F
         raise full from error
 
 
-def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
+def _build(config: ExperimentConfig, folder: Path, resume: bool, trust_code: bool) -> Run:
     data, train, dual = config.data, config.train, config.dualpath
     if data.train is None:
         raise TrainingError("data.train: a training protocol is required (see configs/default.yaml)")
@@ -134,7 +137,9 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool) -> Run:
     torch.manual_seed(config.seed)  # the model's initial weights
     try:
         # a resumed run takes its weights from the saved state, not from model.init
-        model = build(architecture(config.model) if resume else config.model).to(device)
+        model = build(architecture(config.model) if resume else config.model, trust_code=trust_code).to(device)
+    except UntrustedCodeError as error:
+        raise TrainingError(f"{folder / 'config.yaml'}: {error}") from None
     except (ValueError, TypeError, OSError) as error:
         raise TrainingError(f"model: {error}") from error
     chain = make_chain(config)

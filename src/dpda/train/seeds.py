@@ -41,7 +41,7 @@ def train_seeds(config: ExperimentConfig, seeds: Sequence[int]) -> SeedSummary:
             runs.append(RunResults.read(done))
         else:
             resume = (folder / "state").exists()
-            runs.append(train(None if resume else seeded, folder, resume=resume))
+            runs.append(train(seeded, folder, resume=resume))  # resumed: the folder's config, trusted if it is this one
     summary = SeedSummary.of(runs)
     if int(os.environ.get("RANK", "0")) == 0:
         folder = Path(config.output_dir) / config.name

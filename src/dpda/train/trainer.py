@@ -39,15 +39,18 @@ from dpda.train.state import save_training_state
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train(config: ExperimentConfig | None, run_dir: Path | None = None, *, resume: bool = False) -> RunResults:
+def train(
+    config: ExperimentConfig | None, run_dir: Path | None = None, *, resume: bool = False, trust_code: bool = False
+) -> RunResults:
     """A new run of ``config`` (in ``run_dir``, by default ``output_dir/name``), or with ``resume``
     the run saved in ``run_dir``: trained until the epochs run out or the dev loss stops
-    improving, the n best averaged, the eval sets scored. The results are also in ``results.json``."""
+    improving, the n best averaged, the eval sets scored. The results are also in ``results.json``.
+    ``trust_code``: a resumed folder's config may import a model class (``build_run``)."""
     if run_dir is None:
         if config is None:
             raise TrainingError("give a config or the run folder to resume")
         run_dir = run_dir_for(config)
-    return fit(build_run(config, Path(run_dir), resume=resume))
+    return fit(build_run(config, Path(run_dir), resume=resume, trust_code=trust_code))
 
 
 def fit(run: Run) -> RunResults:
