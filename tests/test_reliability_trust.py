@@ -1,7 +1,7 @@
 """Files from someone else, read by dpda: no code runs from them and no path taken from them
 leaves its folder (issue 14, items 1, 2 and the calibration of item 6).
 
-28 cases: a checkpoint whose model config imports ``os:system`` (score, eval, landscape), the
+32 cases: a checkpoint whose model config imports ``os:system`` (score, eval, landscape), the
 variants ``subprocess:Popen``, ``builtins:exec`` and a module of the working directory that acts
 on import, a class set with ``--set model.class=``, a resumed run folder whose config.yaml was
 edited to import ``os:system``, and the flag that lets a trusted file through (9); eval-set names
@@ -9,7 +9,7 @@ from a checkpoint or ``--set`` that leave ``scores/`` (absolute, ``..``, a sub-f
 empty) and two sets of one name (6); utterance ids that climb out of the dataset root in an
 ASVspoof protocol, absolute and ``..`` paths in CSV and In-the-Wild protocols (refused by
 ``dpda validate`` too, allowed explicitly), ids with whitespace (8); a report over a run folder
-whose eval-set name leaves it (1); checkpoints whose calibration is a string, lacks a key, holds
+whose eval-set name leaves it, run names that leave ``output_dir`` (5); checkpoints whose calibration is a string, lacks a key, holds
 a string or NaN (4).
 """
 
@@ -261,3 +261,12 @@ def _rewrite_meta(path: Path, calibration: object) -> None:
         document = json.loads(file.metadata()["dpda"])
     document["calibration"] = calibration
     save_file(load_file(str(path)), str(path), metadata={"dpda": json.dumps(document)})
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "a\\b"])
+def test_a_run_name_that_leaves_output_dir_is_refused(name):
+    """``output_dir/name`` is the run folder: ``..`` would put it (and its cleanup) above."""
+    from dpda.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="name: expected a plain folder name"):
+        config_from_dict({"name": name})

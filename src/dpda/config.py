@@ -42,6 +42,7 @@ import yaml
 from dpda.atomic import write_text_atomic
 from dpda.errors import DpdaError
 from dpda.names import DATASET_KINDS, AugmentOrder, CropPolicy, Mode, Precision, ScoreKind
+from dpda.paths import file_name_problem
 from dpda.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class DataConfig:
 
     train: DataSet | None = None  # training protocol (required by `dpda train`)
     dev: DataSet | None = None  # development protocol for early stopping and checkpoint choice
-    sample_rate: int = 16000  # Hz; audio at another rate is an error
+    sample_rate: int = 16000  # Hz; audio at another rate is resampled to it when read
     crop_length: int = 66800  # samples per training crop (the paper's 4.175 s at 16 kHz)
     crop_policy: CropPolicy = "head"  # which part is kept (longer) or repeated (shorter)
     workers: int = 2  # data-loader worker processes; 0 loads in the main process
@@ -278,9 +279,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(
-            bool(self.name) and "/" not in self.name and "\\" not in self.name,
+            isinstance(self.name, str) and file_name_problem(self.name) is None,
             "name",
-            "a non-empty folder name",
+            "a plain folder name (no separators, not starting with '.')",
             self.name,
         )
         _int_at_least("seed", self.seed, 0)
