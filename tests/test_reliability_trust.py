@@ -1,7 +1,7 @@
 """Files from someone else, read by dpda: no code runs from them and no path taken from them
 leaves its folder (issue 14, items 1, 2 and the calibration of item 6).
 
-32 cases: a checkpoint whose model config imports ``os:system`` (score, eval, landscape), the
+33 cases: a checkpoint whose model config imports ``os:system`` (score, eval, landscape), the
 variants ``subprocess:Popen``, ``builtins:exec`` and a module of the working directory that acts
 on import, a class set with ``--set model.class=``, a resumed run folder whose config.yaml was
 edited to import ``os:system``, and the flag that lets a trusted file through (9); eval-set names
@@ -9,8 +9,9 @@ from a checkpoint or ``--set`` that leave ``scores/`` (absolute, ``..``, a sub-f
 empty) and two sets of one name (6); utterance ids that climb out of the dataset root in an
 ASVspoof protocol, absolute and ``..`` paths in CSV and In-the-Wild protocols (refused by
 ``dpda validate`` too, allowed explicitly), ids with whitespace (8); a report over a run folder
-whose eval-set name leaves it, run names that leave ``output_dir`` (5); checkpoints whose calibration is a string, lacks a key, holds
-a string or NaN (4).
+whose eval-set name leaves it (1); run names that leave ``output_dir`` (4); a trained SSL
+checkpoint that would name its front-end folder (1); checkpoints whose calibration is a string,
+lacks a key, holds a string or NaN (4).
 """
 
 from __future__ import annotations
@@ -270,3 +271,27 @@ def test_a_run_name_that_leaves_output_dir_is_refused(name):
 
     with pytest.raises(ConfigError, match="name: expected a plain folder name"):
         config_from_dict({"name": name})
+
+
+def test_a_trained_ssl_checkpoint_names_no_front_end_folder(tmp_path, audio, capsys):
+    """Trained from a ``save_pretrained`` folder, the checkpoint stores the front-end's config:
+    it scores with that folder gone, and its metadata holds no path of the training machine."""
+    from transformers import Wav2Vec2Model
+
+    from dpda.config import load_config
+    from dpda.models.ssl import tiny_config
+
+    folder = tmp_path / "pretrained-w2v"
+    Wav2Vec2Model(tiny_config("wav2vec2")).save_pretrained(folder)
+    corpus = write_corpus(tmp_path / "corpus")
+    config = experiment(corpus, tmp_path / "runs", epochs=1, max_steps_per_epoch=1)
+    config["model"] = {"name": "xlsr_aasist", "ssl": {"source": str(folder), "local_files_only": True}}
+    config["eval"]["sets"] = []
+    train(load_config(write_config(tmp_path / "c.yaml", config)))
+    final = tmp_path / "runs" / "tiny" / "final.safetensors"
+    assert str(folder) not in final.with_suffix(".json").read_text()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    assert cli.main(["score", str(audio), "--model", str(final), "--device", "cpu"]) == 0
+    assert "score" in json.loads(capsys.readouterr().out)

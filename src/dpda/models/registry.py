@@ -18,9 +18,12 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from dpda.errors import DpdaError
 from dpda.models.options import checked_options
@@ -75,6 +78,22 @@ def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` without ``init``: what rebuilds the model for weights that come from elsewhere
     (a checkpoint, a saved state), so that no file named in the config is read, nor need exist."""
     return {key: value for key, value in config.items() if key != "init"}
+
+
+def self_contained(config: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``architecture(config)`` that names no front-end folder or hub id either: an SSL
+    detector's ``ssl.source`` becomes its front-end's transformers config (what a checkpoint
+    stores), so that the model rebuilds offline from the checkpoint alone and a checkpoint
+    handed over makes dpda read no path of the machine it was trained on."""
+    options = architecture(config)
+    ssl = options.get("ssl")
+    if options.get("name") not in SSL_BACKENDS or not isinstance(ssl, Mapping) or "source" not in ssl:
+        return options
+    ssl = {key: value for key, value in ssl.items() if key not in ("revision", "local_files_only")}
+    source = cast("PreTrainedModel", model.get_submodule("ssl.model")).config.to_dict()
+    source.pop("_name_or_path", None)  # where it was loaded from
+    ssl["source"] = source
+    return {**options, "ssl": ssl}
 
 
 def _build(options: dict[str, Any]) -> nn.Module:

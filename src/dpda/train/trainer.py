@@ -30,6 +30,7 @@ from dpda.evaluate import eer
 from dpda.evaluate.calibration import Calibration, fit_calibration
 from dpda.evaluate.evaluation import Detector, evaluate_sets
 from dpda.evaluate.scoring import predict, scores_from_logits
+from dpda.models import self_contained
 from dpda.results import DevMetrics, EpochRecord, RunResults, pooled_conflict_rate
 from dpda.train.build import build_run, run_dir_for
 from dpda.train.folder import no_space_error
@@ -287,9 +288,11 @@ def _score_eval_sets(
 
 
 def _meta(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata: the run's config, whose model config names no file (``self_contained``)."""
+    model = self_contained(run.config.model, run.model)
     return {
-        "config": config_to_dict(run.config),
-        "model": dict(run.config.model),
+        "config": {**config_to_dict(run.config), "model": model},
+        "model": model,
         "epoch": run.progress.epoch + 1,
         "step": run.progress.step,
         "metrics": metrics,
