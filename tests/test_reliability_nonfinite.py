@@ -115,7 +115,9 @@ def test_the_header_check_finds_non_finite_samples_of_float_files(tmp_path, subt
     sf.write(str(tmp_path / "bad.wav"), audio, 16000, subtype=subtype)
     sf.write(str(tmp_path / "good.wav"), audio[:100], 16000, subtype=subtype)
     with pytest.raises(AudioValidationError) as error:
-        validate([Utterance("bad", "bad.wav", 1), Utterance("good", "good.wav", 0)], tmp_path, progress=False)
+        validate(
+            [Utterance("bad", "bad.wav", 1), Utterance("good", "good.wav", 0)], tmp_path, decode=False, progress=False
+        )
     assert dict(error.value.problems) == {str(tmp_path / "bad.wav"): "1 NaN or infinite sample(s)"}
 
 
