@@ -90,3 +90,15 @@ def test_a_results_file_is_read_by_path_and_one_that_is_not_json_is_refused_at_i
     cut.write_text('{\n "name": "tiny",\n "seed": ')  # a write cut short
     with pytest.raises(ResultsError, match=r"results\.json:3: not JSON"):
         RunResults.read(cut)
+
+
+def test_a_document_with_undefined_metrics_is_strict_json():
+    """The demo's results.json: a NaN EER becomes null, so ``allow_nan=False`` writes it."""
+    from dpda.results import undefined_as_null
+
+    document = {"runs": [{"eer": float("nan"), "seed": 1}], "mean": float("inf"), "name": "x"}
+    assert json.loads(json.dumps(undefined_as_null(document), allow_nan=False)) == {
+        "runs": [{"eer": None, "seed": 1}],
+        "mean": None,
+        "name": "x",
+    }

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a reader option, e.g. path_template=flac/{utt_id}.flac or, for csv, "
         "label_column=is_fake; values of *_values options are comma-separated",
     )
-    check.add_argument("--header-only", action="store_true", help="read headers only, not every sample")
+    check.add_argument(
+        "--header-only",
+        action="store_true",
+        help="read headers only (and the samples of float files, for NaN/inf), not every sample",
+    )
     check.add_argument("--workers", type=int, default=None, help="parallel readers")
     check.set_defaults(handler=_validate)
     convert = commands.add_parser(

@@ -28,7 +28,7 @@ from dpda.errors import DpdaError
 from dpda.evaluate.paper import PAPER_CLAIMS
 from dpda.markdown import table
 from dpda.report import write_report
-from dpda.results import RunResults, mean_std
+from dpda.results import RunResults, mean_std, undefined_as_null
 from dpda.train.seeds import train_seeds
 
 EVAL_SET = "builtin_eval"
@@ -193,7 +193,7 @@ def run_demo(
     report = write_report(folders, out)
     report.write_text(_demo_section(results, manifest) + "\n" + report.read_text())
     results["seconds"] = round(time.monotonic() - started, 1)
-    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(undefined_as_null(results), indent=1, allow_nan=False))
     if progress:
         print(f"demo finished in {results['seconds'] / 60:.1f} min: {report}")
     return results

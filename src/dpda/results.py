@@ -125,6 +125,12 @@ class JsonRecord:
         return cls.from_json(data, str(path))
 
 
+def undefined_as_null(value: Any) -> Any:
+    """A JSON document that is no record (the demo's results) with its non-finite floats, the
+    undefined metrics, as None, so that it is written with ``allow_nan=False`` like the records."""
+    return _json_value(value, True, "document")
+
+
 def _json_value(value: Any, undefined: bool, where: str) -> Any:
     """``value`` with records as mappings and non-finite floats as None (``undefined``) or refused."""
     if isinstance(value, JsonRecord):
