@@ -1,7 +1,7 @@
 """No NaN or infinity reaches a file: the skipped step, the header check, the writers, the config
 (issue 14, item 3).
 
-35 cases:
+36 cases:
 - a step skipped for non-finite gradients leaves the model exactly as before, BatchNorm's
   running statistics and ``num_batches_tracked`` included: 3 modes x accumulation 1 and 2 (6);
 - an engine whose model went non-finite stops with ``DivergedError`` naming the tensors: BatchNorm
@@ -12,7 +12,8 @@
 - a BatchNorm run with that file and ``validate: off`` skips its steps and writes only finite
   weights and strict JSON (``concat``: the undefined conflict rate is null) (1);
 - a training that diverges on resume (Adam at lr 1e30, SGD at lr 1e10) stops with exit 2 naming a
-  model tensor, and the checkpoint and state of the epoch before stay byte for byte (2);
+  model tensor, and the checkpoint and state of the epoch before stay byte for byte (2); dev
+  scores that overflow while the weights stay finite stop it before any checkpoint (1);
 - the writers refuse non-finite values by name and keep the previous file: ``save_weights``
   tensor and meta, ``save_state`` tensor, ``average_weights`` input (4); a state's infinite
   float (a best metric before the first epoch) round-trips through strict JSON (1);
@@ -186,6 +187,18 @@ def test_a_diverging_training_stops_naming_a_tensor_and_keeps_the_last_good_file
     assert any(f"{name} (" in line for name in ("conv.weight", "norm.running_mean", "norm.running_var"))
     assert {path: path.read_bytes() for path in kept} == before
     assert not (run / "final.safetensors").exists() and not (run / "checkpoints" / "epoch-002.safetensors").exists()
+
+
+def test_dev_scores_that_overflow_stop_training_before_any_checkpoint(corpus, tmp_path):
+    """Weights and training logits stay finite, so no step is skipped and no tensor is named:
+    the dev scores are where it shows, and no EER, checkpoint or calibration is made of them."""
+    config = experiment(corpus, tmp_path / "runs", epochs=1)
+    config["model"] = {"name": "custom", "class": "models:OverflowsInEval"}
+    result = _dpda("train", str(write_config(tmp_path / "c.yaml", config)))
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "dev scores are NaN/inf for 8 of 8 utterances (first DEV_0000" in line and "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs" / "tiny").glob("**/*.safetensors"))
 
 
 # -- the writers --------------------------------------------------------------------------------

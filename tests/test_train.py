@@ -81,7 +81,9 @@ def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(corpus, tmp_pat
     process.wait()
     run = tmp_path / "runs" / "tiny"
     assert not (run / "final.safetensors").exists(), "the run finished before it could be killed"
-    subprocess.run([sys.executable, "-m", "dpda", "train", "--resume", str(run), "--trust-code"], env=_environment(), check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dpda", "train", "--resume", str(run), "--trust-code"], env=_environment(), check=True
+    )
 
     final, expected = (
         _tensors(run / "final.safetensors"),

@@ -24,7 +24,7 @@ from dpda.config import ExperimentConfig, OptimConfig, config_to_dict
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
 from dpda.data.sets import dataset_root
-from dpda.dualpath import WeightedCrossEntropy, set_loss
+from dpda.dualpath import DivergedError, WeightedCrossEntropy, set_loss
 from dpda.dualpath.sync import broadcast_module_
 from dpda.evaluate import eer
 from dpda.evaluate.calibration import Calibration, fit_calibration
@@ -206,11 +206,24 @@ def dev_metrics(run: Run) -> tuple[DevMetrics, np.ndarray, np.ndarray]:
     ``train.dev_loss``) and EER of the current weights, with the scores and labels they came from."""
     config, dev_set = run.config, run.config.data.dev
     assert dev_set is not None and run.dev_records is not None  # build_run reads the dev records of data.dev
-    _, logits, labels = _predict(run, run.dev_records, dataset_root(dev_set), config.data.crop_length)
+    ids, logits, labels = _predict(run, run.dev_records, dataset_root(dev_set), config.data.crop_length)
     batch = config.train.dev_batch_size if config.train.dev_loss == "batch_mean" else None
     loss = set_loss(WeightedCrossEntropy(config.dualpath.class_weights), logits, labels, batch)
     scores, labels = scores_from_logits(logits, config.eval.score).numpy(), labels.numpy()
+    _refuse_non_finite(ids, scores)
     return DevMetrics(loss, float(eer(scores[labels == 1], scores[labels == 0])[0])), scores, labels
+
+
+def _refuse_non_finite(ids: list[str], scores: np.ndarray) -> None:
+    """Dev scores that are NaN/inf mean outputs that overflow (weights can stay finite): stop, as
+    for a model gone non-finite, before its EER, a checkpoint or a calibration is made of them."""
+    bad = [utt for utt, score in zip(ids, scores) if not np.isfinite(score)]
+    if bad:
+        raise DivergedError(
+            f"the model diverged: its dev scores are NaN/inf for {len(bad)} of {len(ids)} utterances "
+            f"(first {', '.join(bad[:3])}); no checkpoint is made of it. Lower optim.lr or set "
+            "dualpath.max_grad_norm and start again"
+        )
 
 
 def _predict(run: Run, records: list[Utterance], root: Path, length: int | None) -> tuple[list[str], Any, Any]:
