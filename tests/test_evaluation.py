@@ -79,6 +79,24 @@ def test_an_interrupted_scoring_resumes_and_keeps_what_was_scored(run, corpus, t
     assert all(resumed[r.utt_id] == pytest.approx(full[r.utt_id], abs=1e-6) for r in records[3:])
 
 
+def test_eval_removes_the_temporaries_of_a_killed_scoring_and_keeps_a_live_ones(run, tmp_path):
+    """A temporary named after a process that has ended goes; one of a live process stays."""
+    from dpda.atomic import temporary_sibling
+    from dpda.cli import main
+
+    scores = tmp_path / "eval" / "scores"
+    scores.mkdir(parents=True)
+    code = "import sys; from pathlib import Path; from dpda.atomic import temporary_sibling as t; "
+    code += "p = t(Path(sys.argv[1])); p.write_text('half'); print(p)"
+    ended = subprocess.run(
+        [sys.executable, "-c", code, str(scores / "heldout.txt")], capture_output=True, text=True, check=True
+    )
+    orphan, live = Path(ended.stdout.strip()), temporary_sibling(scores / "other.txt")
+    live.write_text("being written")
+    assert orphan.exists() and main(["eval", str(run), "--out", str(tmp_path / "eval"), "--trust-code"]) == 0
+    assert not orphan.exists() and live.exists()
+
+
 def test_score_files_are_checked_against_the_protocol(tmp_path):
     path = tmp_path / "scores.txt"
     path.write_text("a 1.0\nb nan\nc 2.0\nc 3.0\nzz 1.0\n")

@@ -23,7 +23,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from dpda import __version__
-from dpda.atomic import atomic_path, write_text_atomic
+from dpda.atomic import atomic_path, remove_orphans, write_text_atomic
 from dpda.corpus.generators import GENERATORS
 from dpda.corpus.packages import apt_version, ensure_packages, pip_version
 from dpda.corpus.plan import (
@@ -77,8 +77,7 @@ def _load_plan(folder: Path, settings: dict[str, Any], share: Path) -> list[Item
 
 def _render_missing(items: list[Item], folder: Path, workers: int, progress: bool) -> None:
     (folder / "flac").mkdir(exist_ok=True)
-    for stale in (folder / "flac").glob(".*.tmp"):  # left by a killed renderer (dpda.atomic)
-        stale.unlink()
+    remove_orphans(folder)  # a killed renderer's temporaries (another live build's stay)
     todo = [i for i in items if not (folder / AUDIO_TEMPLATE.format(utt_id=i.utt_id)).exists()]
     if not todo:
         return

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpda.atomic import write_text_atomic
+from dpda.atomic import remove_orphans, write_text_atomic
 from dpda.checkpoint import CheckpointError, check_architecture, load_weights
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
 from dpda.data import Utterance, fit_length, load_audio
@@ -114,6 +114,7 @@ def evaluate_sets(
     (resumable) and compute its metrics; ``out/results.json`` and ``out/results.md`` hold them."""
     config = detector.config
     (out / "scores").mkdir(parents=True, exist_ok=True)
+    remove_orphans(out / "scores")  # a killed scoring's temporaries (a live one's stay)
     max_seconds = config.eval.max_seconds
     length = round(max_seconds * config.data.sample_rate) if max_seconds else None
     sets = {}
