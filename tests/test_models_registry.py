@@ -58,7 +58,7 @@ def test_configuration_errors_name_the_key():
         build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2", "layers": 3}})
     with pytest.raises(ValueError, match="ssl_dim"):
         build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2"}, "ssl_dim": 1024})
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not tiny and source"):
         build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2", "source": "x"}})
     assert set(MODEL_NAMES) >= {"aasist", "aasist_l", "rawnet2", "lfcc_lcnn", *SMALL_BACKENDS}
 

@@ -211,3 +211,34 @@ def test_config_dict_source():
         SSLFrontEnd(dict(TINY_SIZES))
     with pytest.raises(ValueError, match="unsupported SSL model_type"):
         SSLFrontEnd({"model_type": "bert"})
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "width", "ffn", "millions"),
+    [("xlsr_300m", 24, 1024, 4096, 315.4), ("xlsr_1b", 48, 1280, 5120, 963), ("xlsr_2b", 48, 1920, 7680, 2162)],
+)
+def test_xlsr_presets_build_the_published_shapes(preset, layers, width, ffn, millions):
+    """Built on the meta device (no memory): the published shape, and a parameter count near the
+    models' (315.4M is the hub's wav2vec2-xls-r-300m; 1B and 2B are named for theirs)."""
+    from dpda.models.ssl import preset_config
+
+    config = preset_config(preset)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (layers, width, ffn)
+    assert config.num_attention_heads == 16 and config.do_stable_layer_norm and config.feat_extract_norm == "layer"
+    assert list(config.conv_dim) == [512] * 7 and list(config.conv_stride) == [5, 2, 2, 2, 2, 2, 2]
+    assert (config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups) == (128, 16)
+    with torch.device("meta"):
+        model = Wav2Vec2Model(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.01)
+
+
+def test_a_preset_is_a_detector_front_end_and_refuses_a_second_source():
+    from dpda.models import build
+
+    with torch.device("meta"):
+        model = build({"name": "xlsr_conformer_tcm", "ssl": {"preset": "xlsr_300m"}})
+    assert model.ssl.output_dim == 1024 and model.ssl.num_layers == 24
+    with pytest.raises(ValueError, match="give one of 'tiny', 'preset' or 'source', not preset and source"):
+        build({"name": "xlsr_aasist", "ssl": {"preset": "xlsr_300m", "source": "/models/xlsr"}})
+    with pytest.raises(ValueError, match=r"unknown SSL preset 'xlsr_30m' \(did you mean 'xlsr_300m'\?\)"):
+        build({"name": "xlsr_aasist", "ssl": {"preset": "xlsr_30m"}})

@@ -3,7 +3,8 @@
 Models on raw audio take their hyperparameters as the other keys. SSL detectors
 (``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``) take an ``ssl`` dict for the front-end
 (``SSLFrontEnd``'s keywords, with ``source`` a local folder, a hub id, or a transformers config
-dict, as a converted paper checkpoint holds; or ``{"tiny": "wav2vec2"}`` for a tiny random
+dict, as a converted paper checkpoint holds; or ``{"preset": "xlsr_300m"}`` (``xlsr_1b``, ``xlsr_2b``)
+for a random model of a published XLS-R shape; or ``{"tiny": "wav2vec2"}`` for a tiny random
 front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
 follows the front-end. Any model takes ``init``: a safetensors file of its weights to start from.
 
@@ -119,15 +120,18 @@ def _build(options: dict[str, Any]) -> nn.Module:
             options = {**AASIST_L_CONFIG, **options}
         return factory(**checked_options(factory, options, f"model {name!r}"))
     from dpda.models.detector import SSLDetector
-    from dpda.models.ssl import SSLFrontEnd
+    from dpda.models.ssl import SSLFrontEnd, preset_config
 
     ssl_options = dict(options.pop("ssl", {}) or {})
-    tiny = ssl_options.pop("tiny", None)
+    tiny, preset = ssl_options.pop("tiny", None), ssl_options.pop("preset", None)
     checked = checked_options(SSLFrontEnd, ssl_options, f"model {name!r}: ssl")
+    given = [key for key, value in (("tiny", tiny), ("preset", preset), ("source", checked.get("source"))) if value]
+    if len(given) > 1:
+        raise ValueError(f"model {name!r}: ssl: give one of 'tiny', 'preset' or 'source', not {' and '.join(given)}")
     if tiny is not None:
-        if "source" in checked:
-            raise ValueError(f"model {name!r}: ssl: give either 'tiny' or 'source', not both")
         frontend = SSLFrontEnd.tiny(tiny, **checked)
+    elif preset is not None:
+        frontend = SSLFrontEnd(preset_config(preset), **checked)
     else:
         checked = {"source": DEFAULT_SSL_SOURCE, **checked}
         try:

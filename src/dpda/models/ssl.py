@@ -71,6 +71,31 @@ TINY_SIZES: dict[str, Any] = {
 _XLSR_LAYOUT: dict[str, Any] = {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True}
 
 
+#: The published XLS-R shapes (Babu et al., 2021; the configs of facebook/wav2vec2-xls-r-300m, -1b
+#: and -2b): 7-layer 512-channel feature encoder with layer norm (hop 320 samples), a 128-wide
+#: positional convolution in 16 groups, pre-LN ("stable") transformer layers of 16 heads.
+XLSR_PRESETS: dict[str, dict[str, Any]] = {
+    "xlsr_300m": {"hidden_size": 1024, "num_hidden_layers": 24, "intermediate_size": 4096},
+    "xlsr_1b": {"hidden_size": 1280, "num_hidden_layers": 48, "intermediate_size": 5120},
+    "xlsr_2b": {"hidden_size": 1920, "num_hidden_layers": 48, "intermediate_size": 7680},
+}
+_XLSR_ENCODER: dict[str, Any] = {
+    **_XLSR_LAYOUT,
+    "conv_dim": (512,) * 7,
+    "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
+    "conv_stride": (5, 2, 2, 2, 2, 2, 2),
+    "num_attention_heads": 16,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "hidden_act": "gelu",
+    # fairseq's xlsr2_300m values, as the paper fine-tuned it (paper_checkpoint.XLSR2_300M_OPTIONS)
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+}
+
+
 class _GradScale(torch.autograd.Function):
     """Identity forward; the gradient is multiplied by ``scale`` (fairseq's ``GradMultiply``)."""
 
@@ -93,6 +118,20 @@ def _model_class(model_type: str) -> type[PreTrainedModel]:
     if model_type not in classes:
         raise ValueError(f"unsupported SSL model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)}")
     return classes[model_type]
+
+
+def preset_config(name: str) -> PretrainedConfig:
+    """The transformers config of an XLS-R model at its published shape (``XLSR_PRESETS``), for
+    a random-weight model of the real size: benchmarks, and checkpoints that bring their own weights."""
+    from transformers import Wav2Vec2Config
+
+    from dpda.suggest import did_you_mean
+
+    if name not in XLSR_PRESETS:
+        raise ValueError(
+            f"unknown SSL preset {name!r}{did_you_mean(name, list(XLSR_PRESETS))}; valid: {', '.join(XLSR_PRESETS)}"
+        )
+    return Wav2Vec2Config(**_XLSR_ENCODER, **XLSR_PRESETS[name])
 
 
 def tiny_config(kind: str = "wav2vec2", **overrides: Any) -> PretrainedConfig:
