@@ -3,7 +3,7 @@ umask, a full disk. Real processes throughout (``dpda train`` in subprocesses, S
 ``RLIMIT_FSIZE``, a real tmpfs), held at known steps by ``gated.GatedDetector``; every run that
 finishes is compared with an uninterrupted one, weight for weight.
 
-14 cases:
+15 cases:
 
 1-2. a run killed before its first state save restarts with the same ``dpda train CONFIG``, or
      with ``--resume DIR``, and ends with the uninterrupted run's weights; the killed attempt's
@@ -22,11 +22,14 @@ finishes is compared with an uninterrupted one, weight for weight.
 12.  a file size limit hit while saving the state is one line naming the file (EFBIG), and the
      folder resumes to the uninterrupted weights;
 13.  the same for a really full disk (ENOSPC, a tmpfs: needs the right to mount one);
-14.  a fresh start into a folder that holds a saved state is refused (resume it instead).
+14.  a fresh start into a folder that holds a saved state is refused (resume it instead);
+15.  a checkpoint the disk cannot hold is refused before its write (free space against its size),
+     the complete one of that name kept.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -331,13 +334,29 @@ def test_a_full_disk_is_one_error_and_the_run_resumes_once_there_is_room(corpus,
     free = os.statvfs(small_disk)
     filler.write_bytes(bytes(free.f_bavail * free.f_frsize - 96 * 1024))  # room for the run's first epoch or so
     line = _error_line(_dpda("train", str(config)))
-    assert "No space left on device (ENOSPC): the disk is full" in line and "--resume" in line
+    full = r"No space left on device(: needs [\d,]+ bytes, [\d,]+ free)? \(ENOSPC\): the disk is full"
+    assert re.search(full, line) and "--resume" in line
     filler.unlink()
     run = small_disk / "runs" / "tiny"
     assert _temporaries(run) == []
     completed = _dpda("train", "--resume", str(run), "--trust-code")
     assert completed.returncode == 0, completed.stderr
     _assert_same_weights(run, reference)
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_the_write_and_the_old_one_kept(small_disk):
+    """Free space is checked against the checkpoint's size first: no partial file, no temporary,
+    and the complete checkpoint of the same name (and its .json) stay as they were."""
+    from dpda.checkpoint import load_weights, save_weights
+
+    path = small_disk / "epoch-001.safetensors"
+    save_weights(path, {"w": torch.ones(1000)}, {"epoch": 1})
+    before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
+    with pytest.raises(OSError, match=r"needs [\d,]+ bytes, [\d,]+ free") as caught:
+        save_weights(path, {"w": torch.ones(2**19)}, {"epoch": 2})  # 2 MiB on a 1 MiB disk
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert {p.name: p.read_bytes() for p in small_disk.iterdir()} == before
+    assert load_weights(path)[1]["epoch"] == 1
 
 
 def test_a_fresh_start_into_a_folder_with_a_saved_state_is_refused(killed_mid_epoch):

@@ -24,6 +24,7 @@ metric of ``inf`` before the first epoch) is stored as a marker and read back ex
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -140,11 +141,23 @@ def _write(path: Path, tensors: Mapping[str, Tensor], document: Mapping[str, Any
     text = json.dumps(document, indent=1, allow_nan=False)
     prepared = _prepare(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(path, prepared, text)
     path.with_suffix(".json").unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         save_file(prepared, tmp, metadata={"dpda": text})
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def _check_room(path: Path, tensors: Mapping[str, Tensor], text: str) -> None:
+    """Refuse a write the disk cannot hold before it starts (a real-size checkpoint or state is
+    GBs; the old file stays until the new one is complete, so the new one's whole size must be
+    free): an ``OSError`` ENOSPC naming ``path``, the bytes needed and the bytes free."""
+    # the data, the header (the metadata, a line per tensor) and the readable .json copy
+    needed = sum(t.nbytes for t in tensors.values()) + 2 * len(text.encode()) + 200 * len(tensors)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: needs {needed:,} bytes, {free:,} free", str(path))
 
 
 def _pickled(path: Path) -> bool:
