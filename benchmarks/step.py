@@ -13,6 +13,8 @@ Prints one line per variant; exits non-zero when a target is missed.
 
     python benchmarks/step.py                    # CPU, fp32
     python benchmarks/step.py --device cuda --precision bf16
+    python benchmarks/step.py --model "{name: xlsr_conformer_tcm, ssl: {preset: xlsr_300m}}" \
+        --per-path 5 --seconds 4.175 --variants concat split joint      # the paper's real size
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import run_worker, time_and_memory
@@ -113,7 +116,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build({"name": "aasist_l"}).to(device)
+    model = build(yaml.safe_load(args.model)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6, weight_decay=1e-4)
     x = 0.1 * torch.randn(args.per_path, int(args.seconds * 16000), device=device)
     x_aug = x + 0.01 * torch.randn_like(x)
@@ -132,6 +135,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--model", default="{name: aasist_l}", help="the model config, in YAML")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -150,13 +154,16 @@ def main() -> int:
         str(args.repeats),
         "--threads",
         str(args.threads),
+        "--model",
+        args.model,
     ]
     variants = ["concat", *(v for v in args.variants if v != "concat")]
-    trainable = sum(p.numel() for p in build({"name": "aasist_l"}).parameters() if p.requires_grad)
+    model = yaml.safe_load(args.model)
+    trainable = sum(p.numel() for p in build(model).parameters() if p.requires_grad)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     print(
         f"# {device_name}, {args.precision}, {args.per_path} utterances per path x {args.seconds} s, "
-        f"AASIST-L ({trainable} trainable parameters), median of {args.repeats}"
+        f"{model['name']} ({trainable:,} trainable parameters), median of {args.repeats}"
     )
     results = {v: run_worker(__file__, [*common, "--worker", v]) for v in variants}
     base = results["concat"]
