@@ -15,7 +15,11 @@ import torch
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    """This process' resident high-water mark (VmHWM): ``getrusage``'s ``ru_maxrss`` survives
+    ``exec`` and so can report the size of the parent that forked the worker."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def current_rss_mb() -> float:

@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,13 +197,20 @@ def _document(path: Path, header: Mapping[str, str] | None, expected: str) -> di
 
 def _read(path: Path, expected: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors and header document of a dpda file of format ``expected``."""
+    with _open(path, expected) as (file, document):
+        return {key: file.get_tensor(key) for key in file.keys()}, document  # noqa: SIM118 (safe_open is no dict)
+
+
+@contextmanager
+def _open(path: Path, expected: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The open ``safe_open`` handle of a dpda file of format ``expected`` (tensors are read
+    when asked for, one at a time) and its header document; anything else is a CheckpointError."""
     if not path.is_file():
         found = "a folder" if path.is_dir() else "no such file"
         raise CheckpointError(f"{path}: {found}; expected a dpda .safetensors file")
     try:
         with safe_open(path, framework="pt") as file:
-            document = _document(path, file.metadata(), expected)
-            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
+            yield file, _document(path, file.metadata(), expected)
     except SafetensorError as error:
         if _pickled(path):
             raise CheckpointError(
@@ -215,7 +223,6 @@ def _read(path: Path, expected: str) -> tuple[dict[str, Tensor], dict[str, Any]]
                 "dpda.checkpoint.save_weights"
             ) from None
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
-    return tensors, document
 
 
 # -- weights ----------------------------------------------------------------------------------------
@@ -414,32 +421,77 @@ def load_state(folder: Path) -> dict[str, Any]:
 def average_weights(paths: Sequence[Path]) -> dict[str, Tensor]:
     """The element-wise mean of the checkpoints' floating-point tensors, summed in float64 and cast
     back to each tensor's dtype. Other tensors (BatchNorm's ``num_batches_tracked``) come from the
-    first path, by convention the best checkpoint. Files are read one at a time, so memory holds
-    the running sum and one checkpoint. A file with a NaN or infinity is refused by name
-    (``NonFiniteError``); the mean of finite tensors is finite, so the average always is."""
+    first path, by convention the best checkpoint. The layouts are compared from the headers
+    first; then the files are read a few tensors at a time (``_CHUNK_BYTES``), each pass closing
+    them, so that memory holds the average and one chunk of each file, whatever the number of
+    files: the pages a memory map touches count as resident until it is closed.
+    A tensor with a NaN or infinity is refused by file and key (``NonFiniteError``); the mean of
+    finite tensors is finite, so the average always is."""
     if not paths:
         raise ValueError("average_weights: no checkpoints given")
-    first = _finite_weights(paths[0])
-    layouts, dtypes = _layouts(first, dtype=True), {k: v.dtype for k, v in first.items()}
-    total = {k: v.to(torch.float64, copy=True) if v.is_floating_point() else v for k, v in first.items()}
-    del first
-    for path in paths[1:]:
-        tensors = _finite_weights(path)
-        problem = _mismatch(layouts, _layouts(tensors, dtype=True))
+    paths = [Path(path) for path in paths]
+    headers = []
+    for path in paths:
+        with _open(path, WEIGHTS_FORMAT) as (file, _):
+            headers.append(_header(file))
+    layouts = [{key: f"{dtype}{shape}" for key, (dtype, shape) in header.items()} for header in headers]
+    for path, layout in zip(paths[1:], layouts[1:]):
+        problem = _mismatch(layouts[0], layout)
         if problem:
             raise CheckpointError(f"{path}: does not match {paths[0]}, so they cannot be averaged: {problem}")
-        for key, value in tensors.items():
-            if value.is_floating_point():
-                total[key] += value.to(torch.float64)
-    return {k: (v / len(paths)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
+    average = {}
+    for chunk in _chunks(headers[0], _CHUNK_BYTES):
+        with ExitStack() as stack:
+            files = [stack.enter_context(_open(path, WEIGHTS_FORMAT))[0] for path in paths]
+            for key in chunk:
+                first = _finite_tensor(files[0], key, paths[0])
+                if not first.is_floating_point():
+                    average[key] = first
+                    continue
+                total = first.to(torch.float64)
+                for path, file in zip(paths[1:], files[1:]):
+                    total += _finite_tensor(file, key, path)  # summed in float64, no float64 copy
+                average[key] = (total / len(paths)).to(first.dtype)
+    return average
 
 
-def _finite_weights(path: Path) -> dict[str, Tensor]:
-    tensors, _ = load_weights(path)
-    problem = describe_non_finite(tensors.items())
+#: Bytes of each file read in one pass of ``average_weights``.
+_CHUNK_BYTES = 64 * 2**20
+#: safetensors' dtype names -> torch's, so that a layout reads as ``_layouts`` writes it.
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
+
+
+def _header(file: Any) -> dict[str, tuple[str, list[int]]]:
+    """``{key: (torch dtype name, shape)}`` of an open safetensors file, from its header alone."""
+    header = {}
+    for key in file.keys():  # noqa: SIM118 (safe_open is no dict)
+        view = file.get_slice(key)
+        header[key] = _DTYPES.get(view.get_dtype(), view.get_dtype()), list(view.get_shape())
+    return header
+
+
+def _chunks(header: Mapping[str, tuple[str, list[int]]], budget: int) -> Iterator[list[str]]:
+    """The keys in file order, in groups of at most ``budget`` bytes (a larger tensor alone)."""
+    chunk: list[str] = []
+    size = 0
+    for key, (dtype, shape) in header.items():
+        nbytes = math.prod(shape) * getattr(torch, dtype).itemsize
+        if chunk and size + nbytes > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(key)
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def _finite_tensor(file: Any, key: str, path: Path) -> Tensor:
+    tensor = file.get_tensor(key)
+    problem = describe_non_finite([(key, tensor)])
     if problem:
         raise NonFiniteError(f"{path}: cannot be averaged, {problem}")
-    return tensors
+    return tensor
 
 
 def _rank(entry: tuple[int, float]) -> tuple[float, int]:
