@@ -484,3 +484,18 @@ def test_average_weights_refuses_files_that_differ(tmp_path):
         average_weights([])
     with pytest.raises(ValueError, match="no checkpoint kept"):
         BestCheckpoints(tmp_path / "none", 3).average(tmp_path / "out.safetensors", {})
+
+
+def test_average_weights_read_in_chunks_equals_the_mean(tmp_path, monkeypatch):
+    """Files read a few tensors per pass (here 40 bytes: two passes over three files) give the mean."""
+    import dpda.checkpoint
+
+    monkeypatch.setattr(dpda.checkpoint, "_CHUNK_BYTES", 40)
+    states = [{"a": torch.randn(3, 4), "b": torch.randn(5), "n": torch.tensor(i)} for i in range(3)]
+    for index, state in enumerate(states):
+        save_weights(tmp_path / f"{index}.safetensors", state, {})
+    average = average_weights([tmp_path / f"{index}.safetensors" for index in range(3)])
+    for key in ("a", "b"):
+        expected = torch.stack([s[key].double() for s in states]).mean(0).float()
+        assert torch.equal(average[key], expected)
+    assert average["n"] == 0  # from the first file
