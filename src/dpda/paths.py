@@ -11,12 +11,18 @@ from __future__ import annotations
 from pathlib import PurePosixPath, PureWindowsPath
 
 
-def relative_path_problem(path: str) -> str | None:
-    """Why ``path``, joined to a folder, would not stay inside it (``None`` when it stays)."""
+def is_absolute(path: str) -> bool:
+    """Whether ``path`` is absolute here or on Windows (``/x``, ``C:\\x``, ``C:x``, ``\\\\host\\share``)."""
+    return PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or bool(PureWindowsPath(path).drive)
+
+
+def relative_path_problem(path: str, *, allow_absolute: bool = False) -> str | None:
+    """Why ``path``, joined to a folder, would not stay inside it (``None`` when it stays, or when
+    it is absolute and ``allow_absolute``: then it names its own place)."""
     if "\0" in path:
         return "it holds a NUL character"
-    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
-        return "it is an absolute path"
+    if is_absolute(path):
+        return None if allow_absolute else "it is an absolute path"
     if ".." in PureWindowsPath(path).parts:  # PureWindowsPath splits at both / and \
         return "it climbs out of its folder with '..'"
     return None

@@ -56,7 +56,7 @@ from typing import Any
 from dpda.data.errors import ProtocolError
 from dpda.data.records import BONAFIDE, SPOOF, Utterance
 from dpda.names import PROTOCOL_KINDS
-from dpda.paths import file_name_problem, relative_path_problem
+from dpda.paths import file_name_problem, is_absolute, relative_path_problem
 
 #: ASVspoof 2019/2021 audio, relative to the partition folder (e.g. ``ASVspoof2019_LA_train``).
 ASVSPOOF_PATH_TEMPLATE = "flac/{utt_id}.flac"
@@ -117,13 +117,13 @@ def _check_id(path: Path, line: int, utt_id: str) -> None:
 def _check_audio_path(path: Path, line: int, audio: str, *, allow_absolute: bool = False) -> None:
     """A protocol's audio path stays under the dataset root: an absolute path only where the
     config allows it (``allow_absolute_paths``), ``..`` never (set the data set's ``root`` higher)."""
-    problem = relative_path_problem(audio)
-    if problem is None or (allow_absolute and problem == "it is an absolute path"):
+    problem = relative_path_problem(audio, allow_absolute=allow_absolute)
+    if problem is None:
         return
     hint = (
         "; give the paths relative to the dataset root, or allow absolute ones with the reader option "
         "allow_absolute_paths: true"
-        if problem == "it is an absolute path"
+        if is_absolute(audio)
         else "; set the data set's root to a folder above instead"
     )
     raise ProtocolError(path, f"audio path {audio!r} would leave the dataset root: {problem}{hint}", line)

@@ -96,10 +96,13 @@ def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -
     names = [dataset_name(d) for d in sets]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise DataError(f"eval.sets: two sets share the name(s) {', '.join(repeated)} (one score file each); set name:")
+        raise DataError(
+            f"eval.sets: two sets share the name(s) {', '.join(repeated)}, and each set has a score file of its "
+            "name; give them distinct name: values"
+        )
     return [
-        (d, read_dataset(d, f"eval set {dataset_name(d)!r}", check, need_both_classes=False, progress=progress))
-        for d in sets
+        (d, read_dataset(d, f"eval set {name!r}", check, need_both_classes=False, progress=progress))
+        for d, name in zip(sets, names)
     ]
 
 
