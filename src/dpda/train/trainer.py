@@ -210,11 +210,11 @@ def dev_metrics(run: Run) -> tuple[DevMetrics, np.ndarray, np.ndarray]:
     batch = config.train.dev_batch_size if config.train.dev_loss == "batch_mean" else None
     loss = set_loss(WeightedCrossEntropy(config.dualpath.class_weights), logits, labels, batch)
     scores, labels = scores_from_logits(logits, config.eval.score).numpy(), labels.numpy()
-    _refuse_non_finite(ids, scores)
+    _refuse_overflowing_scores(ids, scores)
     return DevMetrics(loss, float(eer(scores[labels == 1], scores[labels == 0])[0])), scores, labels
 
 
-def _refuse_non_finite(ids: list[str], scores: np.ndarray) -> None:
+def _refuse_overflowing_scores(ids: list[str], scores: np.ndarray) -> None:
     """Dev scores that are NaN/inf mean outputs that overflow (weights can stay finite): stop, as
     for a model gone non-finite, before its EER, a checkpoint or a calibration is made of them."""
     bad = [utt for utt, score in zip(ids, scores) if not np.isfinite(score)]
