@@ -238,7 +238,23 @@ def test_a_preset_is_a_detector_front_end_and_refuses_a_second_source():
     with torch.device("meta"):
         model = build({"name": "xlsr_conformer_tcm", "ssl": {"preset": "xlsr_300m"}})
     assert model.ssl.output_dim == 1024 and model.ssl.num_layers == 24
+    # source: null is no source (a paper row's config whose base names the hub id, set to a preset)
+    tiny = build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2", "source": None}})
+    assert tiny.ssl.num_layers == build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2"}}).ssl.num_layers
     with pytest.raises(ValueError, match="give one of 'tiny', 'preset' or 'source', not preset and source"):
         build({"name": "xlsr_aasist", "ssl": {"preset": "xlsr_300m", "source": "/models/xlsr"}})
     with pytest.raises(ValueError, match=r"unknown SSL preset 'xlsr_30m' \(did you mean 'xlsr_300m'\?\)"):
         build({"name": "xlsr_aasist", "ssl": {"preset": "xlsr_30m"}})
+
+
+def test_a_checkpoint_config_rebuilds_without_the_source_it_named(tmp_path):
+    from dpda.models import build, self_contained
+
+    tiny = {"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2", "source": None}}
+    assert self_contained(tiny, build(tiny)) == tiny  # rebuilt from the name; source: null builds
+    folder = tmp_path / "frontend"
+    build({"name": "xlsr_aasist", "ssl": {"tiny": "wav2vec2"}}).ssl.model.save_pretrained(folder)
+    named = {"name": "xlsr_aasist", "ssl": {"source": str(folder)}}
+    stored = self_contained(named, build(named))
+    assert isinstance(stored["ssl"]["source"], dict) and str(folder) not in repr(stored)
+    assert build(stored).ssl.num_layers == build(named).ssl.num_layers

@@ -87,9 +87,9 @@ def self_contained(config: Mapping[str, Any], model: nn.Module) -> dict[str, Any
     stores), so that the model rebuilds offline from the checkpoint alone and a checkpoint
     handed over makes dpda read no path of the machine it was trained on."""
     options = architecture(config)
-    ssl = options.get("ssl")
-    if options.get("name") not in SSL_BACKENDS or not isinstance(ssl, Mapping) or "source" not in ssl:
-        return options
+    ssl = options.get("ssl") or {}
+    if options.get("name") not in SSL_BACKENDS or not isinstance(ssl, Mapping) or ssl.get("tiny") or ssl.get("preset"):
+        return options  # a tiny or preset front-end rebuilds from its name
     ssl = {key: value for key, value in ssl.items() if key not in ("revision", "local_files_only")}
     source = cast("PreTrainedModel", model.get_submodule("ssl.model")).config.to_dict()
     source.pop("_name_or_path", None)  # where it was loaded from
@@ -125,7 +125,8 @@ def _build(options: dict[str, Any]) -> nn.Module:
     ssl_options = dict(options.pop("ssl", {}) or {})
     tiny, preset = ssl_options.pop("tiny", None), ssl_options.pop("preset", None)
     checked = checked_options(SSLFrontEnd, ssl_options, f"model {name!r}: ssl")
-    given = [key for key, value in (("tiny", tiny), ("preset", preset), ("source", checked.get("source"))) if value]
+    source = checked.pop("source", None)  # null: not given (a config over a base that names one)
+    given = [key for key, value in (("tiny", tiny), ("preset", preset), ("source", source)) if value]
     if len(given) > 1:
         raise ValueError(f"model {name!r}: ssl: give one of 'tiny', 'preset' or 'source', not {' and '.join(given)}")
     if tiny is not None:
@@ -133,12 +134,12 @@ def _build(options: dict[str, Any]) -> nn.Module:
     elif preset is not None:
         frontend = SSLFrontEnd(preset_config(preset), **checked)
     else:
-        checked = {"source": DEFAULT_SSL_SOURCE, **checked}
+        source = source or DEFAULT_SSL_SOURCE
         try:
-            frontend = SSLFrontEnd(**checked)
+            frontend = SSLFrontEnd(source, **checked)
         except OSError as error:
             raise OSError(
-                f"model {name!r}: cannot load the SSL front-end {str(checked['source'])!r} ({error}). Give "
+                f"model {name!r}: cannot load the SSL front-end {str(source)!r} ({error}). Give "
                 "ssl.source as a local save_pretrained folder, e.g. one written by "
                 "`dpda convert-fairseq xlsr2_300m.pt FOLDER`"
             ) from error
