@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("concat", "split", "joint")
 #: ``dpda.atomic``'s temporaries: ``.{target}.{host}.{pid}.{hex}.tmp``
-TEMPORARY = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9-]+\.\d+\.[0-9a-f]{32}\.tmp")
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9-]+\.(?P<pid>\d+)\.[0-9a-f]{32}\.tmp")
 SAMPLE_S = 0.02
 
 
@@ -66,7 +66,7 @@ class Watched:
     seconds: float
     samples: list[Sample]
     hwm_mb: float
-    writes: dict[str, tuple[float, float]] = field(default_factory=dict)  # target: (first, last seen)
+    writes: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # temporary: (target, first, last)
     killed: bool = False
     output: str = ""
 
@@ -78,10 +78,18 @@ class Watched:
         return max(chosen, default=None)
 
     def first_write(self) -> float:
-        return min((first for first, _ in self.writes.values()), default=self.seconds)
+        return min((first for _, first, _ in self.writes.values()), default=self.seconds)
 
     def last_state_write(self) -> float:
-        return max((last for target, (_, last) in self.writes.items() if target == "state"), default=0.0)
+        return max((last for target, _, last in self.writes.values() if target == "state"), default=0.0)
+
+    def write_seconds(self) -> dict[str, list[float]]:
+        """Each write's duration (first to last sample that saw its temporary), by target."""
+        durations: dict[str, list[float]] = {}
+        for target, first, last in self.writes.values():
+            if _kind(target):
+                durations.setdefault(target, []).append(round(last - first, 3))
+        return durations
 
 
 def _status_mb(pid: int) -> tuple[float, float]:
@@ -94,20 +102,21 @@ def _status_mb(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def _temporaries(folder: Path) -> dict[str, int]:
-    """The temporary files and folders under ``folder``: their target's name and bytes so far."""
+def _temporaries(folder: Path, pid: int) -> dict[str, tuple[str, int]]:
+    """The temporary files and folders that process ``pid`` is writing under ``folder`` (those of
+    a killed writer are other processes'): name, and their target's name and bytes so far."""
     found = {}
     for parent, folders, files in os.walk(folder):
         for name in [*folders, *files]:
             match = TEMPORARY.fullmatch(name)
-            if match is None:
+            if match is None or int(match["pid"]) != pid:
                 continue
             path = Path(parent, name)
             try:
                 size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
             except OSError:
                 continue
-            found[match["target"]] = size
+            found[name] = (match["target"], size)
     return found
 
 
@@ -134,18 +143,18 @@ def watch(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, start_new_session=True, text=True
         )
     samples: list[Sample] = []
-    writes: dict[str, tuple[float, float]] = {}
+    writes: dict[str, tuple[str, float, float]] = {}
     state = {"hwm": 0.0, "killed": False}
 
     def sample() -> None:
         while process.poll() is None:
             now = time.monotonic() - started
             rss, hwm = _status_mb(process.pid)
-            temporaries = _temporaries(run_folder) if run_folder and run_folder.exists() else {}
+            found = _temporaries(run_folder, process.pid) if run_folder and run_folder.exists() else {}
+            temporaries = dict(found.values())
             kinds = [_kind(target) for target in temporaries if _kind(target)]
-            for target in temporaries:
-                first, _ = writes.get(target, (now, now))
-                writes[target] = (first, now)
+            for name, (target, _) in found.items():
+                writes[name] = (target, writes.get(name, (target, now, now))[1], now)
             if rss == rss:
                 samples.append(Sample(now, rss, kinds[0] if kinds else ""))
                 state["hwm"] = max(state["hwm"], hwm)
@@ -196,24 +205,31 @@ def epoch_rows(run: Path) -> list[dict[str, str]]:
 
 
 def worker_read(run: Path) -> None:
-    """Read the newest checkpoint and the state back; print what they hold and how long it took."""
-    from dpda.checkpoint import load_state, load_weights
+    """Read every checkpoint and the state back, each value checked finite (which touches all of
+    it: safetensors maps files lazily); print what they hold and how long the newest checkpoint
+    and the state took. The files were just written, so they come from the page cache."""
+    from dpda.checkpoint import flatten, load_state, load_weights
+
+    def finite(tensors: dict) -> bool:
+        return all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point())
 
     checkpoints = sorted((run / "checkpoints").glob("epoch-*.safetensors"))
+    readable = [finite(load_weights(path)[0]) for path in checkpoints[:-1]]
     start = time.perf_counter()
-    weights, _ = load_weights(checkpoints[-1])
+    readable.append(finite(load_weights(checkpoints[-1])[0]))
     weights_s = time.perf_counter() - start
     start = time.perf_counter()
     state = load_state(run / "state")
+    state_finite = finite(flatten(state)[0])
     state_s = time.perf_counter() - start
-    finite = all(bool(t.isfinite().all()) for t in weights.values() if t.is_floating_point())
     print(
         json.dumps(
             {
                 "checkpoints": [p.name for p in checkpoints],
                 "checkpoint_read_s": weights_s,
-                "checkpoint_finite": finite,
+                "checkpoint_finite": all(readable),
                 "state_read_s": state_s,
+                "state_finite": state_finite,
                 "state_epoch": state["progress"]["epoch"],
                 "state_step": state["progress"]["step"],
                 "state_best": [epoch for epoch, _ in state["best"]["entries"]],
@@ -326,7 +342,9 @@ def kill_phase(args: argparse.Namespace, corpus: Path, report: Report) -> Path:
         read["checkpoints"] == ["epoch-001.safetensors"] and read["checkpoint_finite"],
         f"after it the complete checkpoints are epoch 1's only: {read['checkpoints']}",
     )
-    report.check(read["state_epoch"] == 1, f"and the state is epoch 1's (epoch {read['state_epoch']})")
+    report.check(
+        read["state_epoch"] == 1 and read["state_finite"], f"and the state is epoch 1's (epoch {read['state_epoch']})"
+    )
 
     # 2. resume until epoch 3's state is half written (its checkpoint is written before it)
     def kill_in_state(temporaries: dict[str, int]) -> bool:
@@ -338,7 +356,8 @@ def kill_phase(args: argparse.Namespace, corpus: Path, report: Report) -> Path:
     figures["second"] = _write_figures(second)
     read = read_back(run)
     figures["after_state_kill"] = read
-    report.check(read["state_epoch"] == 2, f"after it the state is epoch 2's (epoch {read['state_epoch']})")
+    shown = f"after it the state is epoch 2's (epoch {read['state_epoch']})"
+    report.check(read["state_epoch"] == 2 and read["state_finite"], shown)
     report.check(read["checkpoint_finite"], f"and the checkpoints read: {read['checkpoints']}")
 
     # 3. resume to the end
@@ -356,14 +375,13 @@ def kill_phase(args: argparse.Namespace, corpus: Path, report: Report) -> Path:
 
 
 def _write_figures(watched: Watched) -> dict:
-    durations = {target: last - first for target, (first, last) in watched.writes.items() if _kind(target)}
     return {
         "wall_s": watched.seconds,
         "peak_steps_mb": watched.peak(before=watched.first_write()),
         "peak_checkpoint_write_mb": watched.peak("checkpoint"),
         "peak_state_write_mb": watched.peak("state"),
         "peak_process_mb": watched.hwm_mb,
-        "write_s": durations,
+        "write_s": watched.write_seconds(),
     }
 
 
