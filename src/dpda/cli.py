@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
+    _add_package_command(commands)
     report = commands.add_parser(
         "report",
         help="a Markdown report with plots comparing training runs",
@@ -208,6 +209,37 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     landscape.add_argument("--seed", type=int, default=0)
     _add_trust_code(landscape, "the checkpoint")
     landscape.set_defaults(handler=_landscape)
+
+
+def _add_package_command(commands: argparse._SubParsersAction) -> None:
+    package = commands.add_parser(
+        "package",
+        help="write a trained detector as a model package (Hugging Face layout, with a model card)",
+        description="Write OUT (a new folder): model.safetensors with the checkpoint's metadata, config.json "
+        "(architecture, sample rate, calibration, decision threshold, training, eval metrics) and README.md, "
+        "the model card. dpda score, eval and serve and Detector.from_pretrained load it.",
+    )
+    package.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
+    package.add_argument("out", type=Path, help="the package folder to write (must not exist)")
+    package.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        default=[],
+        help="a dpda eval results.json whose sets go into the card (besides the run's own)",
+    )
+    package.set_defaults(handler=_package)
+
+
+def _package(args: argparse.Namespace) -> int:
+    from dpda.deploy.package import write_package
+
+    try:
+        out = write_package(args.source, args.out, args.results)
+    except OSError as error:
+        raise _unusable(error) from error
+    print(out)
+    return 0
 
 
 def _add_trust_code(parser: argparse.ArgumentParser, what: str) -> None:

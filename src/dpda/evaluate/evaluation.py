@@ -7,6 +7,7 @@ config that built it and the dev-set calibration) or a run folder (its ``final.s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,12 @@ from dpda.markdown import table
 from dpda.models import UntrustedCodeError, architecture, build
 from dpda.results import EvalResults, SetMetrics
 
+#: the weights file of a folder: a run folder's final model, or a model package's weights
+FOLDER_WEIGHTS = ("final.safetensors", "model.safetensors")
+#: what a model package on the Hugging Face hub is fetched with (no code, no other weights)
+HUB_FILES = ["config.json", "model.safetensors", "model.json", "README.md"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
 
 @dataclass
 class Detector:
@@ -38,10 +45,37 @@ class Detector:
     calibration: Calibration | None
     path: Path
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        revision: str | None = None,
+        trust_code: bool = False,
+    ) -> Detector:
+        """The detector of a model package (``dpda package``), a run folder or a checkpoint, or, where
+        ``source`` is no local path but a hub id (``owner/name``), of the package on the Hugging Face
+        hub (needs ``huggingface_hub``: ``pip install dpda[hub]``; only the package's own files are
+        fetched)."""
+        path = Path(source)
+        if not path.exists() and _HUB_ID.fullmatch(str(source)):
+            try:
+                from huggingface_hub import snapshot_download
+            except ImportError as error:
+                needed = "pip install 'dpda[hub]'"
+                raise ImportError(f"{source}: loading from the hub needs huggingface_hub: {needed}") from error
+            path = Path(snapshot_download(str(source), revision=revision, allow_patterns=HUB_FILES))
+        return load_detector(path, torch.device(device), trust_code=trust_code)
+
 
 def checkpoint_path(source: str | Path) -> Path:
+    """The weights file ``source`` names: itself, or a folder's (``FOLDER_WEIGHTS``)."""
     source = Path(source)
-    return source / "final.safetensors" if source.is_dir() else source
+    if not source.is_dir():
+        return source
+    found = [source / name for name in FOLDER_WEIGHTS if (source / name).is_file()]
+    return found[0] if found else source / FOLDER_WEIGHTS[0]
 
 
 def load_detector(

@@ -1,0 +1,1 @@
+"""Trained detectors out of dpda: packages, export, the service."""
