@@ -182,6 +182,21 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     score.add_argument("paths", nargs="+", type=Path, help="audio files or folders")
     score.add_argument("--model", type=Path, required=True, help="run folder or .safetensors checkpoint")
     score.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    score.add_argument(
+        "--window",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="score long files window by window: per-segment scores with start and end times",
+    )
+    score.add_argument(
+        "--hop", type=_positive_seconds, metavar="SECONDS", help="seconds between windows (default: half the window)"
+    )
+    score.add_argument(
+        "--aggregate",
+        choices=("mean", "min"),
+        default="mean",
+        help="the file's score from its windows': their mean, or the most spoof-like (min)",
+    )
     _add_trust_code(score, "the checkpoint")
     score.set_defaults(handler=_score)
     landscape = commands.add_parser(
@@ -330,8 +345,19 @@ def _score(args: argparse.Namespace) -> int:
     detector = _load_detector(args, args.model, device)
     if detector.calibration is None:
         print("dpda score: this checkpoint has no calibration (no dev set); raw scores only", file=sys.stderr)
+    windows = None
+    if args.window is not None:
+        from dpda.evaluate.segments import Windows
+
+        hop = args.hop if args.hop is not None else args.window / 2
+        try:
+            windows = Windows(args.window, hop, detector.config.data.sample_rate)
+        except ValueError as error:
+            raise DpdaError(f"--window/--hop: {error}") from None
+    elif args.hop is not None:
+        raise DpdaError("--hop needs --window")
     failed = False
-    for record in score_files(detector, args.paths, device):
+    for record in score_files(detector, args.paths, device, windows, args.aggregate):
         failed |= "error" in record
         print(json.dumps(record, allow_nan=False), flush=True)
     return 1 if failed else 0
@@ -466,6 +492,17 @@ def _unusable(error: OSError) -> DpdaError:
     if error.filename is None:  # raised by dpda with its own message, e.g. "DST exists; ..."
         return DpdaError(str(error))
     return DpdaError(f"{error.filename}: {error.strerror}")
+
+
+def _positive_seconds(text: str) -> float:
+    """A command-line duration: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number of seconds, got {text!r}")
+    return value
 
 
 def _workers(count: int | None) -> int | None:

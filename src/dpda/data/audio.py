@@ -8,6 +8,7 @@ that head needs: scoring a ten-minute file at ``eval.max_seconds`` costs seconds
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from math import gcd
 from pathlib import Path
 
@@ -82,6 +83,40 @@ def _read_mono(file: sf.SoundFile, frames: int | None, path: str | Path) -> np.n
             stacklevel=3,
         )
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """The mono audio of ``path`` at ``sample_rate`` as consecutive chunks of about
+    ``chunk_seconds``, decoding the file as it goes: an hour-long file never lies in memory whole.
+
+    Their concatenation equals ``load_audio(path, sample_rate)``: each chunk is resampled with
+    enough input on either side for the filter (``_frames_needed``'s reach), and only its own
+    output samples are kept.
+    """
+    with sf.SoundFile(str(path)) as file:
+        rate = file.samplerate
+        if rate == sample_rate:
+            while len(chunk := _read_mono(file, max(1, round(chunk_seconds * rate)), path)):
+                yield chunk
+            return
+        divisor = gcd(rate, sample_rate)
+        up, down = sample_rate // divisor, rate // divisor
+        # chunks and context in whole periods of `down` input frames, so that every piece starts on
+        # the output grid; the context covers the filter's reach
+        step = max(1, round(chunk_seconds * rate / down)) * down
+        reach = -(-_frames_needed(0, rate, sample_rate) // down) * down
+        before = np.zeros(0, dtype=np.float32)
+        current = _read_mono(file, step, path)
+        consumed = produced = 0
+        while len(current):
+            after = _read_mono(file, step, path)
+            context = np.concatenate([before, current, after[:reach]])
+            first = len(before) * up // down
+            consumed += len(current)
+            count = -(-consumed * up // down) - produced
+            yield resample(context, rate, sample_rate)[first : first + count]
+            produced += count
+            before, current = np.concatenate([before, current])[-reach:], after
 
 
 def resample(audio: np.ndarray, rate: int, target_rate: int) -> np.ndarray:

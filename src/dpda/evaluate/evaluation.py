@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from dpda.data.sets import DataError, dataset_name, dataset_root, read_dataset
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
+from dpda.evaluate.segments import Aggregate, Windows, score_windows
 from dpda.markdown import table
 from dpda.models import UntrustedCodeError, architecture, build
 from dpda.results import EvalResults, SetMetrics
@@ -221,14 +222,24 @@ def audio_files(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.device) -> Iterator[dict[str, Any]]:
+def score_files(
+    detector: Detector,
+    paths: Sequence[str | Path],
+    device: torch.device,
+    windows: Windows | None = None,
+    aggregate: Aggregate = "mean",
+) -> Iterator[dict[str, Any]]:
     """One record per file: the raw score, the calibrated probability that it is spoofed and the
     decision at the stored threshold. A file that cannot be read, that the model cannot take (too
     short for its frames) or that it scores NaN/inf gets an ``error`` instead, and the others are
-    still scored; with ``eval.max_seconds``, only the head of each file that is scored is read."""
+    still scored; with ``eval.max_seconds``, only the head of each file that is scored is read.
+    With ``windows``, each file is scored window by window instead (``dpda.evaluate.segments``)."""
     config = detector.config
     length = round(config.eval.max_seconds * config.data.sample_rate) if config.eval.max_seconds else None
     for path in audio_files(paths):
+        if windows is not None:
+            yield _checked(path, lambda path=path: _segment_record(detector, path, windows, aggregate, device))
+            continue
         try:
             seconds = duration(path)
             audio = load_audio(path, config.data.sample_rate, length)
@@ -255,11 +266,43 @@ def score_files(detector: Detector, paths: Sequence[str | Path], device: torch.d
                 decision="spoof" if calibration.is_spoof(score) else "bonafide",
                 threshold=round(calibration.threshold, 6),
             )
-        bad = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
-        if bad:
-            record = {
-                "path": str(path),
-                "error": f"its {' and '.join(bad)} came out NaN or infinite: are the checkpoint's weights "
-                "(and calibration) finite?",
-            }
-        yield record
+        yield _finite(record)
+
+
+def _segment_record(
+    detector: Detector, path: Path, windows: Windows, aggregate: Aggregate, device: torch.device
+) -> dict[str, Any]:
+    scored = score_windows(
+        detector.model,
+        path,
+        windows,
+        detector.calibration,
+        score_kind=detector.config.eval.score,
+        device=device,
+        batch_size=detector.config.eval.batch_size,
+        aggregate=aggregate,
+    )
+    return {"path": str(path), **scored}
+
+
+def _checked(path: Path, score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``score()``'s record, or one with the ``error`` that stopped it."""
+    try:
+        record = score()
+    except (OSError, RuntimeError, ValueError) as error:  # unreadable, or too short for the model
+        return {"path": str(path), "error": f"{type(error).__name__}: {error}"}
+    segments = record.get("segments", [])
+    bad = [f"segment {i} score" for i, segment in enumerate(segments) if not math.isfinite(segment["score"])]
+    return _finite(record, bad)
+
+
+def _finite(record: dict[str, Any], bad: list[str] | None = None) -> dict[str, Any]:
+    """``record``, or an error naming the values that came out NaN or infinite."""
+    bad = (bad or []) + [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
+    if not bad:
+        return record
+    return {
+        "path": record["path"],
+        "error": f"its {' and '.join(bad[:3])} came out NaN or infinite: are the checkpoint's weights "
+        "(and calibration) finite?",
+    }
