@@ -244,6 +244,26 @@ def _add_package_command(commands: argparse._SubParsersAction) -> None:
         help="a dpda eval results.json whose sets go into the card (besides the run's own)",
     )
     package.set_defaults(handler=_package)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a detector over HTTP: POST /v1/score, GET /v1/health, /v1/model, a web page at /",
+        description="An HTTP service of SOURCE (a package, run folder or checkpoint): POST /v1/score takes an "
+        "audio file (multipart field 'file') and answers its score, P(spoof) and decision, with segment scores "
+        "for long audio; a web page at / to try files; OpenAPI docs at /docs. Needs dpda[serve].",
+    )
+    serve.add_argument("source", type=Path, help="model package, run folder or .safetensors checkpoint")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    serve.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted")
+    serve.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted")
+    serve.add_argument("--max-batch", type=int, default=8, help="short inputs scored in one forward pass")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an input waits for a batch")
+    serve.add_argument("--max-concurrent", type=int, default=1, help="forward passes at once")
+    serve.add_argument("--window", type=float, default=8.0, help="audio longer than this is scored in windows")
+    serve.add_argument("--hop", type=float, default=4.0, help="seconds between windows")
+    _add_trust_code(serve, "the checkpoint")
+    serve.set_defaults(handler=_serve)
 
 
 def _package(args: argparse.Namespace) -> int:
@@ -254,6 +274,29 @@ def _package(args: argparse.Namespace) -> int:
     except OSError as error:
         raise _unusable(error) from error
     print(out)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from dpda.deploy.service import Limits, run
+    except ImportError as error:
+        needed = "pip install 'dpda[serve]'"
+        raise DpdaError(f"dpda serve needs the serve extra ({error.name} is missing): {needed}") from None
+    try:
+        limits = Limits(
+            max_upload_mb=args.max_upload_mb,
+            max_seconds=args.max_seconds,
+            max_concurrent=args.max_concurrent,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            window=args.window,
+            hop=args.hop,
+        )
+    except ValueError as error:
+        raise DpdaError(f"dpda serve: {error}") from None
+    device = _device(args.device)
+    run(_load_detector(args, args.source, device), device, args.host, args.port, limits)
     return 0
 
 

@@ -6,6 +6,7 @@ config that built it and the dev-set calibration) or a run folder (its ``final.s
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -238,7 +239,7 @@ def score_files(
     length = round(config.eval.max_seconds * config.data.sample_rate) if config.eval.max_seconds else None
     for path in audio_files(paths):
         if windows is not None:
-            yield _checked(path, lambda path=path: _segment_record(detector, path, windows, aggregate, device))
+            yield _checked(path, functools.partial(_segment_record, detector, path, windows, aggregate, device))
             continue
         try:
             seconds = duration(path)

@@ -92,8 +92,8 @@ def score_windows(
         if any(len(audio) != length for _, audio in pending):  # only a short file's one window differs
             batches = [(torch.from_numpy(a)[None], torch.zeros(1, dtype=torch.long), [""]) for _, a in pending]
         else:
-            audio = torch.from_numpy(np.stack([a for _, a in pending]))
-            batches = [(audio, torch.zeros(len(pending), dtype=torch.long), [""] * len(pending))]
+            stacked = torch.from_numpy(np.stack([a for _, a in pending]))
+            batches = [(stacked, torch.zeros(len(pending), dtype=torch.long), [""] * len(pending))]
         _, logits, _ = predict(model, batches, device)
         for (start, audio), score in zip(pending, scores_from_logits(logits, score_kind).tolist()):
             segments.append(_verdict({"start": start / rate, "end": (start + len(audio)) / rate}, score, calibration))
