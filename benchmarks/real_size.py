@@ -78,7 +78,8 @@ class Watched:
         return max(chosen, default=None)
 
     def first_write(self) -> float:
-        return min((first for _, first, _ in self.writes.values()), default=self.seconds)
+        """When the first checkpoint or state write began (the small files' writes do not count)."""
+        return min((first for target, first, _ in self.writes.values() if _kind(target)), default=self.seconds)
 
     def last_state_write(self) -> float:
         return max((last for target, _, last in self.writes.values() if target == "state"), default=0.0)
