@@ -111,6 +111,7 @@ class Batcher:
         self.task: asyncio.Task[None] | None = None
         self.running: set[asyncio.Task[None]] = set()
         self.batches: list[int] = []  # sizes of the forward passes run (the service's own statistics)
+        self.coming = 0  # requests uploaded and being decoded: a batch waits for them, never for nobody
 
     async def score(self, audio: np.ndarray) -> float:
         if self.task is None:
@@ -123,7 +124,7 @@ class Batcher:
         while True:
             items = [await self.queue.get()]
             deadline = asyncio.get_running_loop().time() + self.limits.batch_wait_ms / 1000
-            while len(items) < self.limits.max_batch:
+            while len(items) < self.limits.max_batch and (self.coming or not self.queue.empty()):
                 left = deadline - asyncio.get_running_loop().time()
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), timeout=max(left, 0)))
@@ -206,10 +207,14 @@ def create_app(detector: Detector, device: torch.device, limits: Limits | None =
             await _receive(file, path, limits)
             seconds = _check_audio(path, limits)
             if seconds > limits.window:
+                _check_samples(path)
                 return await _score_long(path, seconds)
-            audio = _decoded(path, rate, head)
-            value = await batcher.score(audio)
-            return _answer(value, seconds)
+            batcher.coming += 1
+            try:
+                audio = _decoded(path, rate, head)
+            finally:
+                batcher.coming -= 1
+            return _answer(await batcher.score(audio), seconds)
 
     async def _score_long(path: Path, seconds: float) -> dict[str, Any]:
         async with _limited(batcher.passes):
@@ -290,20 +295,27 @@ def _check_audio(path: Path, limits: Limits) -> float:
         raise RequestError(
             413, "audio_too_long", f"the audio lasts {seconds:.1f} s, over the limit of {limits.max_seconds:g} s"
         )
-    _check_samples(path)
     return seconds
 
 
 def _check_samples(path: Path) -> None:
-    """Refuse NaN/inf samples (float files) and silence, reading the file block by block."""
+    """Refuse a long file with NaN/inf samples (float files) or silence, reading it block by block."""
     peak = 0.0
     try:
         for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
-            if not np.isfinite(block).all():
-                raise RequestError(400, "non_finite_audio", "the audio holds NaN or infinite samples")
-            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+            peak = max(peak, _peak(block))
     except (sf.LibsndfileError, RuntimeError) as error:
         raise RequestError(400, "corrupt_audio", f"the audio cannot be decoded: {_reason(error)}") from None
+    _refuse_silence(peak)
+
+
+def _peak(samples: np.ndarray) -> float:
+    if not np.isfinite(samples).all():
+        raise RequestError(400, "non_finite_audio", "the audio holds NaN or infinite samples")
+    return float(np.abs(samples).max(initial=0.0))
+
+
+def _refuse_silence(peak: float) -> None:
     if peak < SILENCE:
         raise RequestError(400, "silent_audio", f"the audio is silent (peak {peak:.1e}): nothing to judge")
 
@@ -314,8 +326,13 @@ def _reason(error: Exception) -> str:
 
 
 def _decoded(path: Path, rate: int, head: int | None) -> np.ndarray:
-    """Short audio as the model scores it: at ``rate``, its head of ``head`` samples (repeat-padded)."""
-    audio = load_audio(path, rate, head)
+    """Short audio as the model scores it (at ``rate``, its head of ``head`` samples, repeat-padded),
+    decoded once and refused if it holds NaN/inf or silence."""
+    try:
+        audio = load_audio(path, rate, head)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise RequestError(400, "corrupt_audio", f"the audio cannot be decoded: {_reason(error)}") from None
+    _refuse_silence(_peak(audio))
     return fit_length(audio, head, "head") if head else audio
 
 
