@@ -197,7 +197,9 @@ def model_card(facts: dict[str, Any]) -> str:
             f"is `sigmoid({calibration['scale']:.6g} * score + {calibration['offset']:.6g})`, fitted on the "
             f"{calibration['fitted_on']} set with both classes weighted equally; a score below the decision "
             f"threshold {calibration['threshold']:.6g} (the {calibration['fitted_on']} EER threshold) is called "
-            "spoofed.",
+            "spoofed. The threshold is an operating point of its own: it need not be where P(spoof) is 50 %, so "
+            "a file can be called bona fide with P(spoof) above one half (or the reverse); pick the one your "
+            "use needs.",
         ]
         if calibration["scale"] <= 0:
             decision += [
