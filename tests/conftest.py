@@ -22,3 +22,13 @@ def corpus(tmp_path_factory) -> Path:
     from tiny_runs import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def lfcc_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, run folder) of one really trained LFCC-LCNN (see tiny_runs.train_lfcc), shared by
+    the tests that package, score and serve a detector."""
+    from tiny_runs import train_lfcc, write_corpus
+
+    corpus = write_corpus(tmp_path_factory.mktemp("lfcc-data"))
+    return corpus, train_lfcc(corpus, tmp_path_factory.mktemp("lfcc-runs"))

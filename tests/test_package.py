@@ -9,23 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import environment, experiment, write_config
+from tiny_runs import environment
 
 from dpda.checkpoint import load_weights
-from dpda.config import load_config
 from dpda.deploy.package import PackageError, is_package, read_facts, write_package
 from dpda.evaluate.evaluation import Detector, load_detector
 from dpda.results import ResultsError, RunResults
-from dpda.train import train
 
 
 @pytest.fixture(scope="module")
-def run(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    config = experiment(corpus, out, epochs=2)
-    config["model"] = {"name": "lfcc_lcnn"}
-    train(load_config(write_config(out / "c.yaml", config)))
-    return out / "tiny"
+def run(lfcc_run) -> Path:
+    return lfcc_run[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(lfcc_run) -> Path:
+    return lfcc_run[0]
 
 
 @pytest.fixture(scope="module")

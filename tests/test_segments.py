@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny_runs import environment, experiment, write_config
+from tiny_runs import environment
 
-from dpda.config import load_config
 from dpda.data.audio import load_audio, stream_audio
 from dpda.evaluate.calibration import Calibration
 from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.evaluate.segments import Windows, score_windows, windows_of
 from dpda.models import build
-from dpda.train import train
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(16000, 1), (44100, 2), (22050, 1), (8000, 2)])
@@ -95,13 +93,8 @@ def test_an_hour_needs_the_memory_of_a_window_batch_not_of_the_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    config = experiment(corpus, out, epochs=1)
-    config["model"] = {"name": "lfcc_lcnn"}
-    config["eval"]["sets"] = []
-    train(load_config(write_config(out / "c.yaml", config)))
-    return out / "tiny"
+def run(lfcc_run) -> Path:
+    return lfcc_run[1]
 
 
 def dpda(*args: str) -> subprocess.CompletedProcess:

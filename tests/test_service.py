@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,23 +14,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import uvicorn
-from tiny_runs import experiment, write_config
+from tiny_runs import served
 
-from dpda.config import load_config
 from dpda.deploy.service import Limits, create_app
 from dpda.evaluate.evaluation import load_detector, score_files
-from dpda.train import train
 
 
 @pytest.fixture(scope="module")
-def run(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    config = experiment(corpus, out, epochs=1)
-    config["model"] = {"name": "lfcc_lcnn"}
-    config["eval"]["sets"] = []
-    train(load_config(write_config(out / "c.yaml", config)))
-    return out / "tiny"
+def run(lfcc_run) -> Path:
+    return lfcc_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +30,8 @@ def service(run) -> Iterator[tuple[str, object]]:
     detector = load_detector(run, torch.device("cpu"))
     limits = Limits(max_upload_mb=1.0, max_seconds=20.0, window=2.0, hop=1.0, max_batch=8, batch_wait_ms=50.0)
     app = create_app(detector, torch.device("cpu"), limits)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as base:
+        yield base, app
 
 
 def wav(path: Path, seconds: float, seed: int = 0, rate: int = 16000, subtype: str = "PCM_16") -> Path:

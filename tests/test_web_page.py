@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,19 +14,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from tiny_runs import RATE, experiment, write_config
+from tiny_runs import RATE, served
 
-from dpda.config import load_config
 from dpda.deploy.package import write_package
 from dpda.deploy.service import Limits, create_app
 from dpda.evaluate.evaluation import load_detector
-from dpda.train import train
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WAIT = 30.0  # seconds a page gets to answer
@@ -61,31 +55,16 @@ def driver() -> Iterator[webdriver.Chrome]:
 
 
 @pytest.fixture(scope="module")
-def package(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    config = experiment(corpus, out, epochs=1)
-    config["model"] = {"name": "lfcc_lcnn"}
-    train(load_config(write_config(out / "c.yaml", config)))
-    return write_package(out / "tiny", tmp_path_factory.mktemp("packages") / "tiny-lfcc")
+def package(lfcc_run, tmp_path_factory) -> Path:
+    return write_package(lfcc_run[1], tmp_path_factory.mktemp("packages") / "tiny-lfcc")
 
 
 @pytest.fixture(scope="module")
 def service(package) -> Iterator[str]:
-    """The base URL of the real service (uvicorn in a thread, on a socket bound before it starts)."""
+    """The base URL of the real service."""
     app = create_app(load_detector(package, torch.device("cpu")), torch.device("cpu"), Limits(window=2.0, hop=1.0))
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    listening.close()
+    with served(app, WAIT) as base:
+        yield base
 
 
 @pytest.fixture

@@ -4,7 +4,13 @@ config of a small experiment on them with the tests' ``TinyDetector``."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -77,3 +83,37 @@ def environment() -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
     }
+
+
+def train_lfcc(corpus: Path, out: Path) -> Path:
+    """A really trained LFCC-LCNN run on ``corpus`` (one epoch, dev-calibrated, eval set scored):
+    the registry model the deployment tests package, score and serve."""
+    from dpda.config import load_config
+    from dpda.train import train
+
+    config = experiment(corpus, out, epochs=1)
+    config["model"] = {"name": "lfcc_lcnn"}
+    train(load_config(write_config(out / "c.yaml", config)))
+    return out / "tiny"
+
+
+@contextmanager
+def served(app: Any, timeout: float = 30.0) -> Iterator[str]:
+    """The base URL of ``app`` served by uvicorn in a thread, on a socket bound before it starts."""
+    import uvicorn
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listening.close()
