@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_evaluation_commands(commands)
     _add_package_command(commands)
+    _add_export_command(commands)
     report = commands.add_parser(
         "report",
         help="a Markdown report with plots comparing training runs",
@@ -297,6 +298,37 @@ def _serve(args: argparse.Namespace) -> int:
         raise DpdaError(f"dpda serve: {error}") from None
     device = _device(args.device)
     run(_load_detector(args, args.source, device), device, args.host, args.port, limits)
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a trained detector as one ONNX or TorchScript file, for runtimes without dpda",
+        description="Write OUT: the detector as a graph from a float32 waveform batch (batch, samples) at the "
+        "training sample rate to its logits (batch, 2) and raw score (batch,), with dynamic batch and length, "
+        "checked against PyTorch on other shapes before it is written; beside it OUT with the suffix .json: "
+        "the input and outputs, sample rate, score kind and calibration. ONNX needs dpda[export].",
+    )
+    export.add_argument("source", type=Path, help="model package, run folder or .safetensors checkpoint")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt")
+    export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.onnx or model.pt")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) where they exist")
+    _add_trust_code(export, "the checkpoint")
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpda.deploy.export import export_detector
+
+    detector = _load_detector(args, args.source, torch.device("cpu"))
+    try:
+        out = export_detector(detector, args.out, args.fmt, overwrite=args.overwrite)
+    except OSError as error:
+        raise _unusable(error) from error
+    print(out)
     return 0
 
 
