@@ -31,6 +31,7 @@ LAYERS = {
     "corpus": 6,
     "report": 6,
     "landscape": 6,
+    "deploy": 6,
     "demo": 7,
     "cli": 8,
     "__main__": 9,
