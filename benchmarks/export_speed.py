@@ -11,26 +11,20 @@ median of ``--repeats`` after two warm-ups; the largest score difference is prin
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import time_and_memory
+
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:
-    for _ in range(2):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * time_and_memory(run, repeats, torch.device("cpu"), warmup=2)["median_s"]
 
 
 def compare(source: Path, audio: np.ndarray, threads: int, repeats: int) -> str:

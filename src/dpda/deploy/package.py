@@ -108,6 +108,21 @@ def _name(path: str | None) -> str | None:
     return None if path is None else PurePath(path).name
 
 
+def core_facts(config: Any, model: dict[str, Any], calibration: Calibration | None) -> dict[str, Any]:
+    """What any detector says of itself (a package's config.json, a service's /v1/model): its
+    architecture, input, score kind and how scores become decisions."""
+    return {
+        "dpda_version": __version__,
+        "name": config.name,
+        "model": model,
+        "sample_rate": config.data.sample_rate,
+        "score": config.eval.score,
+        "max_seconds": config.eval.max_seconds,
+        "calibration": None if calibration is None else calibration.as_dict(),
+        "decision_threshold": None if calibration is None else calibration.threshold,
+    }
+
+
 def _facts(
     config: Any,
     meta: dict[str, Any],
@@ -119,14 +134,7 @@ def _facts(
     return {
         "format": PACKAGE_FORMAT,
         "version": PACKAGE_VERSION,
-        "dpda_version": __version__,
-        "name": config.name,
-        "model": meta.get("model", config.model),
-        "sample_rate": data.sample_rate,
-        "score": config.eval.score,
-        "max_seconds": config.eval.max_seconds,
-        "calibration": None if calibration is None else calibration.as_dict(),
-        "decision_threshold": None if calibration is None else calibration.threshold,
+        **core_facts(config, meta.get("model", config.model), calibration),
         "training": {
             "train_protocol": _name(data.train.protocol) if data.train else None,
             "train_kind": data.train.kind if data.train else None,

@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from dpda import __version__
 from dpda.data.audio import fit_length, load_audio
-from dpda.deploy.package import is_package, read_facts
+from dpda.deploy.package import core_facts, is_package, read_facts
 from dpda.evaluate.evaluation import Detector
 from dpda.evaluate.scoring import predict, scores_from_logits
 from dpda.evaluate.segments import Windows, score_windows
@@ -88,17 +88,7 @@ def model_facts(detector: Detector) -> dict[str, Any]:
     checkpoint."""
     if is_package(detector.path.parent):
         return read_facts(detector.path.parent)
-    config, calibration = detector.config, detector.calibration
-    return {
-        "name": config.name,
-        "dpda_version": __version__,
-        "model": config.model,
-        "sample_rate": config.data.sample_rate,
-        "score": config.eval.score,
-        "max_seconds": config.eval.max_seconds,
-        "calibration": None if calibration is None else calibration.as_dict(),
-        "decision_threshold": None if calibration is None else calibration.threshold,
-    }
+    return core_facts(detector.config, detector.config.model, detector.calibration)
 
 
 class Batcher:
@@ -238,11 +228,7 @@ def create_app(detector: Detector, device: torch.device, limits: Limits | None =
         answer: dict[str, Any] = {"seconds": round(seconds, 3), "score": round(value, 6)}
         calibration = detector.calibration
         if calibration is not None:
-            answer.update(
-                p_spoof=round(float(calibration.spoof_probability(value)), 6),
-                decision="spoof" if calibration.is_spoof(value) else "bonafide",
-                threshold=round(calibration.threshold, 6),
-            )
+            answer.update(calibration.verdict(value), threshold=round(calibration.threshold, 6))
         return answer
 
     return app

@@ -37,6 +37,13 @@ class Calibration:
     def is_spoof(self, scores: ArrayLike) -> np.ndarray:
         return np.asarray(scores, dtype=np.float64) < self.threshold
 
+    def verdict(self, score: float) -> dict[str, Any]:
+        """P(spoof) and the decision for ``score``, rounded as every dpda output shows them."""
+        return {
+            "p_spoof": round(float(self.spoof_probability(score)), 6),
+            "decision": "spoof" if self.is_spoof(score) else "bonafide",
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -261,12 +261,7 @@ def score_files(
         score = float(scores_from_logits(logits, config.eval.score)[0])
         record: dict[str, Any] = {"path": str(path), "seconds": round(seconds, 3), "score": round(score, 6)}
         if detector.calibration is not None:
-            calibration = detector.calibration
-            record.update(
-                p_spoof=round(float(calibration.spoof_probability(score)), 6),
-                decision="spoof" if calibration.is_spoof(score) else "bonafide",
-                threshold=round(calibration.threshold, 6),
-            )
+            record.update(detector.calibration.verdict(score), threshold=round(detector.calibration.threshold, 6))
         yield _finite(record)
 
 

@@ -87,13 +87,9 @@ def score_windows(
     segments: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
-    def flush() -> None:
-        length = max(len(audio) for _, audio in pending)
-        if any(len(audio) != length for _, audio in pending):  # only a short file's one window differs
-            batches = [(torch.from_numpy(a)[None], torch.zeros(1, dtype=torch.long), [""]) for _, a in pending]
-        else:
-            stacked = torch.from_numpy(np.stack([a for _, a in pending]))
-            batches = [(stacked, torch.zeros(len(pending), dtype=torch.long), [""] * len(pending))]
+    def flush() -> None:  # the windows of a batch are of one length (a short file has one window)
+        stacked = torch.from_numpy(np.stack([audio for _, audio in pending]))
+        batches = [(stacked, torch.zeros(len(pending), dtype=torch.long), [""] * len(pending))]
         _, logits, _ = predict(model, batches, device)
         for (start, audio), score in zip(pending, scores_from_logits(logits, score_kind).tolist()):
             segments.append(_verdict({"start": start / rate, "end": (start + len(audio)) / rate}, score, calibration))
@@ -121,9 +117,5 @@ def score_windows(
 
 def _verdict(record: dict[str, Any], score: float, calibration: Calibration | None) -> dict[str, Any]:
     """``record`` with the score, and where there is a calibration, P(spoof) and the decision."""
-    record = {key: round(value, 3) for key, value in record.items()}
-    record["score"] = round(score, 6)
-    if calibration is not None:
-        record["p_spoof"] = round(float(calibration.spoof_probability(score)), 6)
-        record["decision"] = "spoof" if calibration.is_spoof(score) else "bonafide"
-    return record
+    record = {**{key: round(value, 3) for key, value in record.items()}, "score": round(score, 6)}
+    return {**record, **calibration.verdict(score)} if calibration is not None else record
