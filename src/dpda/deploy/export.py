@@ -18,12 +18,13 @@ other lengths wrongly without an error. A model whose graph does not reproduce i
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -163,6 +164,7 @@ def _export_onnx(graph: ScoringGraph, example: Tensor, path: Path, opset: int | 
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'dpda[export]'")
 
     def legacy() -> None:
+        _register_rms_norm()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # what _verified checks
@@ -205,6 +207,25 @@ def _export_onnx(graph: ScoringGraph, example: Tensor, path: Path, opset: int | 
             mismatched |= isinstance(error, ExportError)
     explained = _FIXED if mismatched else ""
     raise ExportError(f"model {name!r} cannot be exported to ONNX: " + "; ".join(failures) + explained)
+
+
+@functools.cache
+def _register_rms_norm() -> None:
+    """Teach the TorchScript-based exporter ``aten::rms_norm`` (XLSR-Mamba's RMSNorm), which it
+    lacks: ``x / sqrt(mean(x^2 over the normalised dims) + eps) * weight``, eps defaulting to the
+    input dtype's machine epsilon as in PyTorch."""
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "is", "v", "f")
+    def rms_norm(g: Any, x: Any, normalized_shape: list[int], weight: Any, eps: float | None) -> Any:
+        axes = g.op("Constant", value_t=torch.arange(-len(normalized_shape), 0))
+        mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes, keepdims_i=1)
+        epsilon = torch.finfo(torch.float32).eps if eps is None else eps
+        root = g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(epsilon))))
+        normed = g.op("Div", x, root)
+        return normed if symbolic_helper._is_none(weight) else g.op("Mul", normed, weight)
+
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, 18)
 
 
 def _onnx_runner(path: Path) -> Callable[[Tensor], Sequence[np.ndarray]]:

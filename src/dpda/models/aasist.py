@@ -277,9 +277,23 @@ class GraphPool(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         """(B, N, D) -> (B, max(int(N * ratio), 1), D), best scores first."""
         scores = torch.sigmoid(self.proj(self.drop(h)))  # (B, N, 1)
-        keep = max(int(h.shape[1] * self.ratio), 1)
-        index = scores.topk(keep, dim=1).indices.expand(-1, -1, h.shape[-1])
+        keep = kept_nodes(h, self.ratio)
+        index = scores.sort(dim=1, descending=True).indices[:, :keep].expand(-1, -1, h.shape[-1])
         return torch.gather(h * scores, 1, index)
+
+
+def kept_nodes(h: Tensor, ratio: float) -> int | Tensor:
+    """How many of ``h``'s nodes (dim 1) a pool keeps: ``max(int(N * ratio), 1)`` in float64, as
+    the published code computes it (an integer form keeps one node more for some N, e.g. 90 at 0.7).
+
+    While tracing (``torch.jit.trace``, the TorchScript-based ONNX export) the count is computed in
+    the graph from the input's shape, so that an exported model keeps the right number at every
+    length instead of the example's; a one-element float64 tensor because that exporter computes
+    a scalar constant in float32."""
+    if not torch.jit.is_tracing():
+        return max(int(h.shape[1] * ratio), 1)
+    nodes = torch._shape_as_tensor(h)[1:2].double()
+    return (nodes * torch.full((1,), ratio, dtype=torch.float64)).floor().clamp(min=1).long()[0]
 
 
 class GraphLayers(nn.Module):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -48,12 +49,14 @@ def selective_scan_sequential(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     """
     decay = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d, n)
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
+    decay_t, drive_t, C_t = decay.unbind(1), drive.unbind(1), C.unbind(1)
     state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
-    outputs = []
-    for decay_t, drive_t, C_t in zip(decay.unbind(1), drive.unbind(1), C.unbind(1)):
-        state = torch.addcmul(drive_t, decay_t, state)
-        outputs.append(torch.einsum("bdn,bn->bd", state, C_t))
-    return torch.stack(outputs, dim=1) + u * D
+    # written into one tensor, not stacked from a list: the ONNX form of a scripted list has no types
+    y = torch.empty_like(u)
+    for t in range(len(decay_t)):
+        state = torch.addcmul(drive_t[t], decay_t[t], state)
+        y[:, t] = torch.einsum("bdn,bn->bd", state, C_t[t])
+    return y + u * D
 
 
 def selective_scan_chunked(
@@ -115,13 +118,23 @@ def _cuda_kernel() -> Callable[..., Tensor] | None:
     return selective_scan_fn
 
 
+@functools.lru_cache(maxsize=1)
+def _scripted_sequential_scan() -> Callable[..., Tensor]:
+    """:func:`selective_scan_sequential` compiled by ``torch.jit.script``, for tracing: a traced
+    Python loop (or chunk count) is fixed at the example's length, a scripted loop runs as many
+    times as each input has frames, so an exported detector scores every length."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+        return torch.jit.script(selective_scan_sequential)
+
+
 def selective_scan(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, method: ScanMethod = "auto"
 ) -> Tensor:
     """Dispatch the selective scan; see :func:`selective_scan_sequential` for the arguments.
 
     ``"auto"`` uses the ``mamba_ssm`` CUDA kernel for CUDA tensors when it is installed and the
-    chunked scan otherwise. The scan runs in at least float32 (as the kernel does); the result
+    chunked scan otherwise; while tracing (an export) every method is the scripted sequential scan. The scan runs in at least float32 (as the kernel does); the result
     has ``u``'s dtype.
     """
     if method not in SCAN_METHODS:
@@ -133,6 +146,8 @@ def selective_scan(
     if kernel is not None:
         u_, delta_, B_, C_ = (t.transpose(1, 2).contiguous() for t in (u, delta, B, C))  # length last
         y = kernel(u_, delta_, A.contiguous(), B_, C_, D).transpose(1, 2)
+    elif torch.jit.is_tracing():
+        y = _scripted_sequential_scan()(u, delta, A, B, C, D)
     elif method == "sequential":
         y = selective_scan_sequential(u, delta, A, B, C, D)
     else:
