@@ -5,12 +5,14 @@ For each model (LFCC-LCNN and AASIST-L: trained for a few steps on the built-in 
 (threads, one HTTP connection each) each send ``--requests`` requests of 4 s audio. Reported:
 requests/s, p50 and p99 latency, the service's time per request at one client against ``dpda
 score``'s per file in one process (the overhead as a ratio), and the service's resident memory
-after 10 requests, after 1,000 and after 1,000 more (growth that goes on would be a leak).
+after 10 requests, after 1,000 and every 250 over ``--soak`` more (growth that goes on would be a
+leak; growth that levels off is the allocator's arenas filling).
 
 Clients and service share the machine's cores, so the figures are of both together.
 
     python benchmarks/serve_load.py --out /tmp/serve_load
     python benchmarks/serve_load.py --out /tmp/serve_load --models lfcc_lcnn --requests 50   # quicker
+    python benchmarks/serve_load.py --out /tmp/serve_load --models aasist_l --requests 50 --soak 3000
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def score_baseline(folder: Path, files: list[Path]) -> float:
     return float(completed.stdout.strip().splitlines()[-1])
 
 
-def serve(folder: Path, requests: int, files: list[Path], threads: int) -> dict:
+def serve(folder: Path, requests: int, soak: int, files: list[Path], threads: int) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -160,8 +162,12 @@ def serve(folder: Path, requests: int, files: list[Path], threads: int) -> dict:
         if served < 1000:
             served += load(base, files, 4, -(-(1000 - served) // 4))["requests"]
         after_1000 = rss_mb(server.pid)
-        served += load(base, files, 4, 250)["requests"]  # 1,000 more: growth that goes on is a leak
-        after = rss_mb(server.pid)
+        curve = [(served, after_1000)]
+        while served < curve[0][0] + soak:
+            served += load(base, files, 4, 63)["requests"]
+            curve.append((served, rss_mb(server.pid)))
+            print(f"  RSS {curve[-1][1]:.0f} MiB after {served} requests", flush=True)
+        after = curve[-1][1]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -170,6 +176,7 @@ def serve(folder: Path, requests: int, files: list[Path], threads: int) -> dict:
         "rss_after_10_mb": after_10,
         "rss_after_1000_mb": after_1000,
         "rss_after_mb": after,
+        "rss_curve_mb": curve,
         "requests_served": served,
     }
 
@@ -180,6 +187,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["lfcc_lcnn", "aasist_l"])
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each process")
+    parser.add_argument("--soak", type=int, default=1000, help="requests after the first 1,000, RSS every 250")
     args = parser.parse_args()
     args.out = args.out.resolve()
     corpus = args.out / "corpus"
@@ -190,12 +198,12 @@ def main() -> int:
     for model in args.models:
         folder = package(model, corpus, args.out)
         per_file = score_baseline(folder, files)
-        result = serve(folder, args.requests, files, args.threads)
+        result = serve(folder, args.requests, args.soak, files, args.threads)
         one = result["loads"][0]
         result["dpda_score_ms_per_file"] = 1000 * per_file
         result["overhead_at_one_client"] = (1 / one["requests_per_s"]) / per_file
         result["rss_growth_first_1000"] = result["rss_after_1000_mb"] / result["rss_after_10_mb"]
-        result["rss_growth_next_1000"] = result["rss_after_mb"] / result["rss_after_1000_mb"]
+        result["rss_growth_over_soak"] = result["rss_after_mb"] / result["rss_after_1000_mb"]
         figures[model] = result
         print(f"# {model}: dpda score {1000 * per_file:.1f} ms/file", flush=True)
         for run in result["loads"]:

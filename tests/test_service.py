@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,15 +79,24 @@ def test_long_audio_gets_segments(service, tmp_path):
     assert answer["score"] == pytest.approx(np.mean([s["score"] for s in answer["segments"]]), abs=1e-5)
 
 
-def test_concurrent_requests_are_batched_and_score_as_alone(service, tmp_path):
+def test_concurrent_requests_are_batched_and_score_as_alone_on_the_service_s_one_model_thread(service, tmp_path):
     base, app = service
     clips = [wav(tmp_path / f"c{i}.wav", 1.0, seed=i) for i in range(6)]
     alone = [post(base, clip).json()["score"] for clip in clips]
     app.state.batcher.batches.clear()
-    with ThreadPoolExecutor(6) as pool:
-        together = list(pool.map(lambda clip: post(base, clip).json()["score"], clips))
+    threads: set[str] = set()
+    hook = app.state.batcher.detector.model.register_forward_hook(
+        lambda *_: threads.add(threading.current_thread().name)
+    )
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda clip: post(base, clip).json()["score"], clips))
+        post(base, wav(tmp_path / "long.wav", 4.5))  # windowed on the same thread
+    finally:
+        hook.remove()
     assert together == pytest.approx(alone, abs=1e-5)
     assert max(app.state.batcher.batches) > 1, app.state.batcher.batches
+    assert threads == {"dpda-forward_0"}  # max_concurrent 1: one thread holds the model's working memory
 
 
 def samples_file(folder: Path, samples: np.ndarray, subtype: str) -> bytes:

@@ -13,8 +13,9 @@ NaN/inf samples) is a 4xx JSON error ``{"error": {"code", "message"}}`` naming t
 
 Concurrent requests of short audio are batched: each waits up to ``Limits.batch_wait_ms`` for
 others, and up to ``Limits.max_batch`` inputs of one length go through the model in one forward
-pass. At most ``Limits.max_concurrent`` forward passes run at once, in worker threads, so the
-event loop keeps answering.
+pass. At most ``Limits.max_concurrent`` forward passes run at once, on as many threads of the
+service's own (so the event loop keeps answering, and the model's working memory stays in the
+allocator arenas of those few threads instead of spreading over every worker thread).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -45,6 +50,7 @@ from dpda.evaluate.segments import Windows, score_windows
 #: Samples whose peak is below this are silence: nothing for a detector to judge.
 SILENCE = 1e-4
 UPLOAD_CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Batcher:
         self.detector, self.device, self.limits = detector, device, limits
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]] = asyncio.Queue()
         self.passes = asyncio.Semaphore(limits.max_concurrent)
+        self.threads = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="dpda-forward")
         self.task: asyncio.Task[None] | None = None
         self.running: set[asyncio.Task[None]] = set()
         self.batches: list[int] = []  # sizes of the forward passes run (the service's own statistics)
@@ -131,7 +138,7 @@ class Batcher:
 
     async def _forward(self, group: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:
         try:
-            scores = await asyncio.to_thread(self._scores, np.stack([audio for audio, _ in group]))
+            scores = await self.on_model_thread(self._scores, np.stack([audio for audio, _ in group]))
             self.batches.append(len(group))
             for (_, future), score in zip(group, scores):
                 if not future.done():
@@ -142,6 +149,10 @@ class Batcher:
                     future.set_exception(error)
         finally:
             self.passes.release()
+
+    async def on_model_thread(self, work: Callable[..., T], *args: Any, **options: Any) -> T:
+        """``work(*args, **options)`` on one of the forward-pass threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.threads, partial(work, *args, **options))
 
     def _scores(self, audio: np.ndarray) -> list[float]:
         batch = [(torch.from_numpy(audio), torch.zeros(len(audio), dtype=torch.long), [""] * len(audio))]
@@ -157,12 +168,19 @@ def create_app(detector: Detector, device: torch.device, limits: Limits | None =
     config = detector.config
     rate = config.data.sample_rate
     head = round(config.eval.max_seconds * rate) if config.eval.max_seconds else None
+    batcher = Batcher(detector, device, limits)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.threads.shutdown(wait=False, cancel_futures=True)
+
     app = FastAPI(
         title="dpda speech deepfake detector",
         version=__version__,
         description=f"Scores audio with {facts['name']} ({facts['model'].get('name')}).",
+        lifespan=lifespan,
     )
-    batcher = Batcher(detector, device, limits)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestError)
@@ -208,7 +226,7 @@ def create_app(detector: Detector, device: torch.device, limits: Limits | None =
 
     async def _score_long(path: Path, seconds: float) -> dict[str, Any]:
         async with _limited(batcher.passes):
-            scored = await asyncio.to_thread(
+            scored = await batcher.on_model_thread(
                 score_windows,
                 detector.model,
                 path,
