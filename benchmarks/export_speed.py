@@ -56,7 +56,7 @@ def compare(source: Path, audio: np.ndarray, threads: int, repeats: int) -> str:
     difference = max(abs(scores[other] - scores["eager"]) for other in ("onnx", "torchscript"))
     return (
         f"{detector.config.model.get('name')}: eager {times['eager']:.1f} ms, ONNX Runtime {times['onnx']:.1f} ms "
-        f"({times['eager'] / times['onnx']:.2f}x faster), TorchScript {times['torchscript']:.1f} ms "
+        f"({times['eager'] / times['onnx']:.2f}x eager's speed), TorchScript {times['torchscript']:.1f} ms "
         f"({times['eager'] / times['torchscript']:.2f}x); largest score difference {difference:.1e}"
     )
 
