@@ -60,8 +60,19 @@ def test_a_run_writes_every_artifact_and_averages_exactly_the_best(corpus, tmp_p
         train(config)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(corpus, tmp_path):
-    config = _config(corpus, tmp_path / "runs", save_every_steps=1)
+SCHEDULES = {
+    "n_best, constant lr": ({}, {}),
+    "swa, warm-up and cosine to a floor": (
+        {"average": "swa", "swa_epochs": 2},
+        {"lr": 0.01, "scheduler": "cosine", "min_lr": 0.002, "warmup_steps": 4},
+    ),
+}
+
+
+@pytest.mark.parametrize("train_keys, optim", SCHEDULES.values(), ids=SCHEDULES)
+def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(corpus, tmp_path, train_keys, optim):
+    config = _config(corpus, tmp_path / "runs", save_every_steps=1, **train_keys)
+    config["optim"].update(optim)
     path = _write_config(tmp_path / "c.yaml", config)
     command = [sys.executable, "-m", "dpda", "train", str(path)]
     reference = _write_config(tmp_path / "ref.yaml", {**config, "name": "reference"})

@@ -186,8 +186,10 @@ class OptimConfig:
     weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decay rates
     momentum: float = 0.9  # SGD momentum
-    scheduler: Literal["none", "cosine", "step"] = "none"  # cosine: over all steps; step: per epoch
-    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
+    scheduler: Literal["none", "cosine", "step"] = "none"  # cosine: after the warm-up, over the remaining
+    # steps down to min_lr (clovaai/aasist's schedule: min_lr 5e-6 under lr 1e-4); step: per epoch
+    min_lr: float = 0.0  # the cosine schedule's floor (its last step's learning rate)
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from lr / warmup_steps to lr
     step_size: int = 1  # epochs between decays of the step scheduler
     gamma: float = 0.5  # learning-rate factor of each step-scheduler decay
 
@@ -198,6 +200,8 @@ class OptimConfig:
             _float_in(f"betas[{index}]", beta, 0, 1, open_high=True)
         _float_in("momentum", self.momentum, 0, 1, open_high=True)
         _int_at_least("warmup_steps", self.warmup_steps, 0)
+        _float_in("min_lr", self.min_lr, 0)
+        _check(self.min_lr <= self.lr, "min_lr", f"a floor at most lr ({self.lr})", self.min_lr)
         _int_at_least("step_size", self.step_size, 1)
         _float_in("gamma", self.gamma, 0, 1, open_low=True)
         if self.lr > 1:
@@ -220,6 +224,11 @@ class TrainConfig:
     # set, or the mean over dev batches (protocol order) of each batch's weighted CE (the paper code)
     dev_batch_size: int = 8  # utterances per dev batch of dev_loss: batch_mean (the paper code's 8)
     n_best: int = 5  # best checkpoints (by dev loss) kept and averaged into the final model
+    average: Literal["n_best", "swa"] = "n_best"  # the final model: the n best by dev loss, or stochastic
+    # weight averaging (Izmailov et al., 2018): the equal average of the last swa_epochs epochs' weights
+    swa_epochs: int = 5  # epochs averaged by average: swa (the last ones run, early stopping included)
+    swa_lr: float | None = None  # average: swa: constant learning rate over the budget's last swa_epochs
+    # epochs (the usual SWA schedule); None: the optim schedule runs on
     max_steps_per_epoch: int | None = None  # cap on optimizer steps per epoch; None: the whole set
     save_every_steps: int | None = None  # training state saved every N optimizer steps too; None: at epoch ends
     compile: bool = False  # torch.compile the model
@@ -227,8 +236,15 @@ class TrainConfig:
     deterministic: bool = True  # deterministic kernels (slower, reproducible)
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "accumulation", "epochs", "n_best", "dev_batch_size"):
+        for key in ("batch_size", "accumulation", "epochs", "n_best", "dev_batch_size", "swa_epochs"):
             _int_at_least(key, getattr(self, key), 1)
+        _float_in("swa_lr", self.swa_lr, 0, open_low=True, null=True)
+        _check(self.swa_lr is None or self.average == "swa", "swa_lr", "null unless average is swa", self.swa_lr)
+
+    @property
+    def kept_checkpoints(self) -> int:
+        """How many epoch checkpoints the run keeps for its final average."""
+        return self.n_best if self.average == "n_best" else self.swa_epochs
         for key in ("patience", "max_steps_per_epoch", "save_every_steps"):
             _int_at_least(key, getattr(self, key), 1, null=True)
 

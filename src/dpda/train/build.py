@@ -197,7 +197,7 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool, trust_code: boo
             engine=engine,
             augment_rng=torch.Generator(device).manual_seed(config.seed * 1_000_003 + ranks.rank),
             loader=loader,
-            best=BestCheckpoints(folder / "checkpoints", train.n_best),
+            best=BestCheckpoints(folder / "checkpoints", train.kept_checkpoints),
             logger=RunLogger(
                 folder,
                 step_columns=step_columns(chain),

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dpda.augment.base import Augmented
 from dpda.augment.summary import summarise_augmentation
 from dpda.checkpoint import average_weights, save_weights
-from dpda.config import ExperimentConfig, OptimConfig, config_to_dict
+from dpda.config import ExperimentConfig, config_to_dict
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
 from dpda.data.sets import dataset_root
@@ -73,15 +73,24 @@ def fit(run: Run) -> RunResults:
         raise full from error
 
 
-def learning_rate(optim: OptimConfig, step: int, epoch: int, total_steps: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): warm-up, then the schedule."""
+def learning_rate(config: ExperimentConfig, step: int, epoch: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based) of
+    ``total_steps``: a linear warm-up to ``optim.lr``, then the schedule (the cosine one runs from
+    ``lr`` at the warm-up's end to ``min_lr`` at the last step, as clovaai/aasist's per-step
+    cosine annealing does without warm-up); ``train.swa_lr`` holds over the last
+    ``swa_epochs`` epochs of the budget. A function of the step, so a resumed run replays it."""
+    optim, train = config.optim, config.train
+    if train.swa_lr is not None and epoch >= train.epochs - train.swa_epochs:
+        return train.swa_lr
     lr = optim.lr
-    if optim.warmup_steps and step < optim.warmup_steps:
-        lr *= (step + 1) / optim.warmup_steps
+    warmup = optim.warmup_steps
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
     if optim.scheduler == "cosine":
-        lr *= 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-    elif optim.scheduler == "step":
-        lr *= optim.gamma ** (epoch // optim.step_size)
+        progress = min(step - warmup, total_steps - warmup) / max(1, total_steps - warmup)
+        return optim.min_lr + (lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    if optim.scheduler == "step":
+        return lr * optim.gamma ** (epoch // optim.step_size)
     return lr
 
 
@@ -109,7 +118,7 @@ def train_epoch(run: Run) -> None:
         if micro < config.train.accumulation:
             continue
         micro = 0
-        lr = learning_rate(config.optim, progress.step, progress.epoch, total)
+        lr = learning_rate(config, progress.step, progress.epoch, total)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         stats = run.engine.step()
@@ -183,8 +192,9 @@ def end_epoch(run: Run) -> None:
     else:
         progress.bad_epochs += 1
     row = record.to_json()
-    if run.ranks.main:
-        run.best.consider(record.epoch, metric, run.model.state_dict(), _meta(run, row))
+    if run.ranks.main:  # SWA keeps the latest epochs: ranked by -epoch, the kept ones are the last run
+        kept_by = metric if run.config.train.average == "n_best" else -record.epoch
+        run.best.consider(record.epoch, kept_by, run.model.state_dict(), _meta(run, row))
     progress.history.append(record)
     run.logger.log_epoch(record.epoch, row)
     patience = run.config.train.patience
@@ -251,8 +261,9 @@ def _predict(run: Run, records: list[Utterance], root: Path, length: int | None)
 
 
 def finish(run: Run) -> RunResults:
-    """The exact average of the n best checkpoints becomes the model, calibrated on dev and
-    saved as ``final.safetensors``; the eval sets are scored with it (by rank 0)."""
+    """The exact average of the kept checkpoints (the n best, or SWA's last epochs) becomes the
+    model, calibrated on dev and saved as ``final.safetensors``; the eval sets are scored with it
+    (by rank 0). BatchNorm statistics are averaged like the weights, not recomputed."""
     main, progress = run.ranks.main, run.progress
     averaged = [epoch for epoch, _ in run.best.entries] if main else []
     if main and averaged:  # none kept only when every epoch's metric was NaN: keep the last weights
