@@ -104,6 +104,8 @@ def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(corpus, tmp_pat
     assert all(torch.equal(final[k], expected[k]) for k in final)
     resumed, uninterrupted = read_csv(run / "steps.csv"), read_csv(tmp_path / "runs" / "reference" / "steps.csv")
     assert resumed["step"] == uninterrupted["step"] and resumed["loss_aug"] == uninterrupted["loss_aug"]
+    for layers in ("layers_steps.csv", "layers_epochs.csv"):  # the per-layer conflict counts resume too
+        assert read_csv(run / layers) == read_csv(tmp_path / "runs" / "reference" / layers), layers
 
 
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(corpus, tmp_path):

@@ -257,6 +257,8 @@ class LoggingConfig:
     csv: bool = True  # steps.csv and epochs.csv in the run folder
     every_steps: int = 1  # optimizer steps between logged training metrics
     progress: bool = True  # progress bars on the terminal
+    layer_conflicts: Literal["none", "layer", "module", "top"] = "layer"  # per-group cosines and conflict
+    # rates of the two path gradients (dpda.dualpath.layers): layers_steps.csv, layers_epochs.csv
 
     def __post_init__(self) -> None:
         _int_at_least("every_steps", self.every_steps, 1)

@@ -1,7 +1,8 @@
 """``dpda report``: one Markdown page with plots that compares finished training runs.
 
 Everything is read from the folders ``dpda train`` writes (``config.yaml``, ``steps.csv``,
-``epochs.csv``, ``results.json``, ``scores/``, and ``summary.json`` beside ``seed-N/`` folders);
+``epochs.csv``, ``layers_epochs.csv``, ``results.json``, ``scores/``, and ``summary.json`` beside
+``seed-N/`` folders);
 no model is loaded. A piece a run lacks (no dev set, no eval sets, ``concat`` mode without
 per-path gradients, a missing score file, an unreadable protocol) becomes a line of the report,
 not an error, so runs set up differently or still training can be compared.
@@ -33,7 +34,7 @@ from dpda.evaluate.metrics import det_curve, eer
 from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
 from dpda.markdown import table
 from dpda.results import RunResults, SeedSummary, conflict_rate, mean_std
-from dpda.train.logger import EPOCHS_CSV, STEPS_CSV, read_csv
+from dpda.train.logger import EPOCHS_CSV, LAYER_EPOCHS_CSV, STEPS_CSV, read_csv
 
 __all__ = ["ReportError", "write_report"]
 
@@ -48,8 +49,10 @@ _CAPTIONS = {  # what each figure shows, said once in the report
     "its moving average (solid). Right: the mean training losses of each epoch and the dev loss "
     "after it; the dotted line marks the best epoch (lowest dev loss, or train loss without dev).",
     "conflict": "Left: the share of steps of each epoch whose two path gradients conflict (negative inner "
-    "product), with the paper's ~25 % (RawBoost) as a dashed line. Right: the cosine between "
-    "the two path gradients over all logged steps; mass left of 0 is conflict.",
+    "product), with the paper's ~25 % (RawBoost) as a dashed line. Middle, where the run logged "
+    "them (`logging.layer_conflicts`): the same share for each layer (or parameter group, top to "
+    "bottom from the input) and epoch, where in the network the paths disagree. Right: the cosine "
+    "between the two path gradients over all logged steps; mass left of 0 is conflict.",
     "weights": "The weights the aligner gave the original and the augmented path gradient at each step "
     "(their mean over groups); `mean` keeps both at 0.5.",
     "scores": "Score distributions of bona fide and spoofed trials per eval set (densities, so sets of "
@@ -82,6 +85,7 @@ class Run:
     results: RunResults | None  # None while the run is training
     steps: Columns
     epochs: Columns
+    layers: Columns = field(default_factory=dict)  # layers_epochs.csv: per-group conflict rates
     scores: dict[str, Scores] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # what cannot be shown, in words
     label: str = ""  # set by write_report: unique among the report's runs
@@ -195,6 +199,7 @@ def _load_run(path: Path) -> Run:
         RunResults.read(results) if results.is_file() else None,
         _csv(path / STEPS_CSV),
         _csv(path / EPOCHS_CSV),
+        _csv(path / LAYER_EPOCHS_CSV),
     )
     for name, value in (("results.json", run.results), (STEPS_CSV, run.steps), (EPOCHS_CSV, run.epochs)):
         if value is None or value == {}:
@@ -450,7 +455,11 @@ def _conflict_figure(run: Run, path: Path) -> str | None:
     cosine = np.array(_finite(run.steps.get("cosine", [])))
     if not (rate.size or cosine.size):
         return None
-    figure, (left, right) = _figure(2)
+    groups = [key for key in run.layers if key != "epoch"]
+    figure, axes = _figure(3 if groups else 2, height=max(3.6, 1.2 + 0.16 * len(groups)))
+    left, right = axes[0], axes[-1]
+    if groups:
+        _layer_heat_map(figure, axes[1], run.layers, groups)
     left.plot(x, 100 * rate, marker="o", label="this run")
     left.axhline(100 * PAPER_CONFLICT_RATE, color="grey", linestyle="--", label="paper, RawBoost (~25 %)")
     left.set_ylim(0, 100)
@@ -459,6 +468,40 @@ def _conflict_figure(run: Run, path: Path) -> str | None:
     _finish(left, "epoch", "conflicting steps (%)", "conflict rate", counted=True)
     _finish(right, "cosine of the path gradients", "steps", "per-step cosine")
     return _save(figure, path)
+
+
+def _layer_heat_map(figure: Figure, ax: Axes, layers: Columns, groups: Sequence[str]) -> None:
+    """Conflict rate of each group (rows, in the model's order) and epoch (columns); white where
+    no step flagged the group (its gradient was zero on a path)."""
+    epochs = [int(e) for e in layers["epoch"] if e is not None]
+    rates = np.array([[np.nan if v is None else v for v in layers[group]] for group in groups], dtype=float)
+    image = ax.imshow(
+        100 * rates,
+        aspect="auto",
+        cmap="magma",
+        vmin=0,
+        vmax=100,
+        interpolation="nearest",
+        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(groups) - 0.5, -0.5),
+    )
+    prefix = _common_prefix(groups)
+    ax.set_yticks(range(len(groups)), [group[len(prefix) :] or group for group in groups], fontsize="x-small")
+    figure.colorbar(image, ax=ax, label="conflicting steps (%)")
+    ylabel = f"parameter group ({prefix}...)" if prefix else "parameter group"
+    _finish(ax, "epoch", ylabel, "conflict rate per layer", counted=True)
+
+
+def _common_prefix(groups: Sequence[str]) -> str:
+    """The dotted prefix all group names share (``ssl.model.``), left out of the tick labels."""
+    parts = [group.split(".") for group in groups]
+    shared = []
+    for pieces in zip(*parts):
+        if len(set(pieces)) != 1:
+            break
+        shared.append(pieces[0])
+    if len(groups) < 2 or any(len(p) <= len(shared) for p in parts):
+        return ""
+    return ".".join(shared) + "." if shared else ""
 
 
 def _weights_figure(run: Run, path: Path) -> str | None:
@@ -504,8 +547,8 @@ def _det_figure(name: str, curves: Sequence[tuple[str, Scores]], path: Path) -> 
     return _save(figure, path)
 
 
-def _figure(panels: int) -> tuple[Figure, Sequence[Axes]]:
-    figure = Figure(figsize=(5 * panels, 3.6), layout="constrained")
+def _figure(panels: int, height: float = 3.6) -> tuple[Figure, Sequence[Axes]]:
+    figure = Figure(figsize=(5 * panels, height), layout="constrained")
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])
 
 

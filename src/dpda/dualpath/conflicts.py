@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
+from dpda.dualpath.layers import LayerConflictMeter
 from dpda.dualpath.step import StepStats
 from dpda.results import conflict_rate
 
@@ -16,7 +18,7 @@ class ConflictMeter:
     ``skipped_steps`` those with ``skipped`` true. The conflict rate is over the steps
     whose ``conflict`` flag is defined (not ``None``: skipped steps and ``concat`` mode have
     none); the mean cosine over the steps with a finite ``cosine``. Both are NaN when no step
-    qualifies.
+    qualifies. ``layers`` counts the same per parameter group, from steps that carry them.
 
     >>> meter = ConflictMeter()
     >>> meter.update(StepStats(0.7, 0.8, skipped=False, conflict=True, cosine=-0.2))
@@ -37,6 +39,7 @@ class ConflictMeter:
         self.conflicts = 0
         self._cosine_sum = 0.0
         self._cosine_count = 0
+        self.layers = LayerConflictMeter()
 
     def update(self, stats: StepStats) -> None:
         """Count one optimizer step."""
@@ -49,10 +52,13 @@ class ConflictMeter:
         if cosine is not None and math.isfinite(cosine):
             self._cosine_sum += float(cosine)
             self._cosine_count += 1
+        if stats.layers is not None:
+            self.layers.update(stats.layers)
 
-    def state_dict(self) -> dict[str, float | int]:
+    def state_dict(self) -> dict[str, Any]:
         """The counters, for a training state that resumes mid-epoch."""
         return {
+            "layers": self.layers.state_dict(),
             "steps": self.steps,
             "skipped_steps": self.skipped_steps,
             "flagged_steps": self.flagged_steps,
@@ -61,10 +67,11 @@ class ConflictMeter:
             "cosine_count": self._cosine_count,
         }
 
-    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps, self.skipped_steps = int(state["steps"]), int(state["skipped_steps"])
         self.flagged_steps, self.conflicts = int(state["flagged_steps"]), int(state["conflicts"])
         self._cosine_sum, self._cosine_count = float(state["cosine_sum"]), int(state["cosine_count"])
+        self.layers.load_state_dict(state.get("layers", {"conflicts": {}, "flagged": {}}))  # older states: none
 
     @property
     def rate(self) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TypedDict
 
 import torch
@@ -28,6 +28,7 @@ from dpda.align import (
     pairwise_products,
 )
 from dpda.checkpoint import describe_non_finite
+from dpda.dualpath.layers import LayerGrouping, LayerStats, layer_groups
 from dpda.dualpath.loss import PathLoss, WeightedCrossEntropy, logits_of
 from dpda.dualpath.scaler import LossScaler
 from dpda.dualpath.sync import all_reduce_sum_, broadcast_module_, is_distributed
@@ -53,7 +54,8 @@ class PathLosses(TypedDict):
 class StepStats:
     """What one optimizer step did. Gradient statistics are of the normalised (mean-loss) path
     gradients over the whole model; they are ``None`` in ``concat`` mode, which has no per-path
-    gradients, and in a skipped step."""
+    gradients, and in a skipped step. ``layers``: the same per group of parameters, where the
+    engine was given a ``layer_grouping`` (not a column of the step log: see :meth:`names`)."""
 
     loss_orig: float
     loss_aug: float
@@ -68,14 +70,16 @@ class StepStats:
     result_norm: float | None = None
     clip_coef: float | None = None
     loss_scale: float | None = None
+    layers: LayerStats | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, float | bool | None]:
-        return asdict(self)
+        """The whole-model statistics, the step columns of a training log."""
+        return {name: getattr(self, name) for name in self.names()}
 
     @staticmethod
     def names() -> list[str]:
-        """The keys of :meth:`as_dict`, in order: the step columns of a training log."""
-        return [item.name for item in fields(StepStats)]
+        """The keys of :meth:`as_dict`, in order."""
+        return [item.name for item in fields(StepStats) if item.name != "layers"]
 
 
 class DualPathStep:
@@ -98,6 +102,10 @@ class DualPathStep:
     ``zero_missing_grads``: every parameter the optimizer holds that has no gradient at step
     time gets a zero one, as the paper code's aligners hand the optimizer; Adam's weight decay
     then moves frozen and unused parameters (e.g. Conformer-TCM's positional table).
+
+    ``layer_grouping`` (``layer``, ``module`` or ``top``; see :mod:`dpda.dualpath.layers`): the
+    step statistics also carry each group's products, from the per-tensor products the aligner
+    needs anyway (one index sum and one transfer more a step).
 
     >>> import torch
     >>> from torch import nn
@@ -125,6 +133,7 @@ class DualPathStep:
         process_group: dist.ProcessGroup | None = None,
         bucket_mb: float = 25.0,
         zero_missing_grads: bool = False,
+        layer_grouping: LayerGrouping = "none",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -152,6 +161,10 @@ class DualPathStep:
         self.group_index = torch.empty(len(self.params), dtype=torch.long)
         for group, members in enumerate(self.group_members):
             self.group_index[members] = group
+        self.layer_names: list[str] = []
+        self.layer_index: Tensor | None = None
+        if layer_grouping != "none":
+            self.layer_names, self.layer_index = layer_groups([name for name, _ in named], layer_grouping)
         self.steps = 0
         self.skipped_steps = 0
         self._reset_accumulation()
@@ -300,6 +313,7 @@ class DualPathStep:
             for i, g in zip(members, combined):
                 self.params[i].grad = g
         self._optimizer_step()
+        layers = None if self.layer_index is None else LayerStats.of(products, self.layer_index, self.layer_names)
         denominator = float(norms[0] * norms[1])
         return StepStats(
             **losses,
@@ -314,6 +328,7 @@ class DualPathStep:
             result_norm=result_norm * clip_coef,
             clip_coef=clip_coef,
             loss_scale=self._scale(),
+            layers=layers,
         )
 
     def _apply_concat(self, normaliser: float, losses: PathLosses) -> StepStats:

@@ -134,8 +134,8 @@ def selective_scan(
     """Dispatch the selective scan; see :func:`selective_scan_sequential` for the arguments.
 
     ``"auto"`` uses the ``mamba_ssm`` CUDA kernel for CUDA tensors when it is installed and the
-    chunked scan otherwise; while tracing (an export) every method is the scripted sequential scan. The scan runs in at least float32 (as the kernel does); the result
-    has ``u``'s dtype.
+    chunked scan otherwise; while tracing (an export) every method is the scripted sequential
+    scan. The scan runs in at least float32 (as the kernel does); the result has ``u``'s dtype.
     """
     if method not in SCAN_METHODS:
         raise ValueError(f"unknown scan method {method!r}; valid: {', '.join(SCAN_METHODS)}")

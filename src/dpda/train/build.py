@@ -164,6 +164,7 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool, trust_code: boo
         max_grad_norm=dual.max_grad_norm,
         loss_scaler=LossScaler() if dual.precision == "fp16" else None,
         zero_missing_grads=dual.zero_missing_grads,
+        layer_grouping="none" if dual.mode == "concat" else config.logging.layer_conflicts,
     )
     loader = _train_loader(config, train_records, dataset_root(data.train), chain, micro_batch, ranks, device)
     steps_per_epoch = len(loader.sampler) // micro_batch // train.accumulation
@@ -202,6 +203,7 @@ def _build(config: ExperimentConfig, folder: Path, resume: bool, trust_code: boo
                 folder,
                 step_columns=step_columns(chain),
                 epoch_columns=EpochRecord.columns(with_dev=dev_records is not None),
+                layer_columns=engine.layer_names,
                 tensorboard=config.logging.tensorboard,
                 csv=config.logging.csv,
                 enabled=ranks.main,

@@ -6,10 +6,15 @@ no-op and creates nothing):
 - ``steps.csv``: one row per logged optimizer step, columns ``step``, ``epoch``, then the step
   columns the logger was given;
 - ``epochs.csv``: one row per epoch, column ``epoch``, then the epoch columns;
-- ``tensorboard/steps/``: events, scalar ``train/<key>`` at global step ``step``;
-- ``tensorboard/epochs/``: events, scalar ``epoch/<key>`` at global step ``epoch``. Epoch scalars
-  get a writer of their own so that each x-axis can be purged on resume by its own counter
-  (TensorBoard shows the two folders as two runs).
+- ``layers_steps.csv`` and ``layers_epochs.csv``, where the logger was given layer columns (the
+  groups of :mod:`dpda.dualpath.layers`): per logged step each group's cosine of the two path
+  gradients, per epoch each group's conflict rate;
+- ``tensorboard/steps/``: events, scalar ``train/<key>`` at global step ``step`` (the layers'
+  cosines as ``train/layer_cosine/<group>``);
+- ``tensorboard/epochs/``: events, scalar ``epoch/<key>`` at global step ``epoch`` (the layers'
+  conflict rates as ``epoch/layer_conflict/<group>``). Epoch scalars get a writer of their own so
+  that each x-axis can be purged on resume by its own counter (TensorBoard shows the two folders
+  as two runs).
 
 The columns are fixed when the logger is made (the trainer knows them before the first step: the
 engine's step statistics, the learning rate, the parameters the augmentation chain declares, the
@@ -58,10 +63,21 @@ from dpda.errors import DpdaError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["EPOCHS_CSV", "STEPS_CSV", "TENSORBOARD_DIR", "LogFileError", "RunLogger", "read_csv"]
+__all__ = [
+    "EPOCHS_CSV",
+    "LAYER_EPOCHS_CSV",
+    "LAYER_STEPS_CSV",
+    "STEPS_CSV",
+    "TENSORBOARD_DIR",
+    "LogFileError",
+    "RunLogger",
+    "read_csv",
+]
 
 STEPS_CSV = "steps.csv"
 EPOCHS_CSV = "epochs.csv"
+LAYER_STEPS_CSV = "layers_steps.csv"
+LAYER_EPOCHS_CSV = "layers_epochs.csv"
 TENSORBOARD_DIR = "tensorboard"
 
 Value = float | int | bool | None
@@ -237,7 +253,8 @@ def _counter(name: str, value: Any) -> int:
 class RunLogger:
     """Per-step and per-epoch scalars of a run to CSV and TensorBoard (see the module doc).
 
-    ``step_columns``/``epoch_columns``: the value columns of each file, in order. ``enabled=False``
+    ``step_columns``/``epoch_columns``: the value columns of each file, in order; ``layer_columns``:
+    the parameter groups of the two layer files (none: no layer files). ``enabled=False``
     (ranks other than 0) makes every method a no-op and creates no file. ``resume_step``/
     ``resume_epoch`` continue the files of a killed run from its last saved state; without them
     existing files are overwritten. ``flush_secs``: CSV rows and events reach the disk at least
@@ -261,6 +278,7 @@ class RunLogger:
         *,
         step_columns: Iterable[str],
         epoch_columns: Iterable[str],
+        layer_columns: Sequence[str] = (),
         tensorboard: bool = True,
         csv: bool = True,
         enabled: bool = True,
@@ -273,6 +291,8 @@ class RunLogger:
         self._closed = False
         self._steps_csv: _CsvTable | None = None
         self._epochs_csv: _CsvTable | None = None
+        self._layer_steps_csv: _CsvTable | None = None
+        self._layer_epochs_csv: _CsvTable | None = None
         self._steps_tb: _EventWriter | None = None
         self._epochs_tb: _EventWriter | None = None
         if not self.enabled:
@@ -288,6 +308,13 @@ class RunLogger:
                 steps, epochs = self.folder / STEPS_CSV, self.folder / EPOCHS_CSV
                 self._steps_csv = _CsvTable(steps, ("step", "epoch"), list(step_columns), keep, resume_step, flush_secs)
                 self._epochs_csv = _CsvTable(epochs, ("epoch",), list(epoch_columns), keep, resume_epoch, flush_secs)
+                if layer_columns:
+                    self._layer_steps_csv = _CsvTable(
+                        self.folder / LAYER_STEPS_CSV, ("step", "epoch"), layer_columns, keep, resume_step, flush_secs
+                    )
+                    self._layer_epochs_csv = _CsvTable(
+                        self.folder / LAYER_EPOCHS_CSV, ("epoch",), layer_columns, keep, resume_epoch, flush_secs
+                    )
             if tensorboard:
                 root = self.folder / TENSORBOARD_DIR
                 self._steps_tb = _EventWriter(root / "steps", "train/", keep, resume_step, flush_secs)
@@ -318,6 +345,26 @@ class RunLogger:
         if self._epochs_tb is not None:
             self._epochs_tb.add(epoch, values)
 
+    def log_layers(self, step: int, epoch: int, cosines: Mapping[str, float]) -> None:
+        """One row of ``layers_steps.csv`` and the scalars ``train/layer_cosine/<group>``."""
+        if not self.enabled:
+            return
+        self._check_open()
+        if self._layer_steps_csv is not None:
+            self._layer_steps_csv.append((step, epoch), cosines)
+        if self._steps_tb is not None:
+            self._steps_tb.add(step, {f"layer_cosine/{name}": value for name, value in cosines.items()})
+
+    def log_layer_epoch(self, epoch: int, rates: Mapping[str, float]) -> None:
+        """One row of ``layers_epochs.csv`` and the scalars ``epoch/layer_conflict/<group>``."""
+        if not self.enabled:
+            return
+        self._check_open()
+        if self._layer_epochs_csv is not None:
+            self._layer_epochs_csv.append((epoch,), rates)
+        if self._epochs_tb is not None:
+            self._epochs_tb.add(epoch, {f"layer_conflict/{name}": value for name, value in rates.items()})
+
     def flush(self) -> None:
         """Write buffered rows and events to disk (no fsync)."""
         if not self.enabled or self._closed:
@@ -334,7 +381,15 @@ class RunLogger:
             sink.close()
 
     def _sinks(self) -> list[_CsvTable | _EventWriter]:
-        return [s for s in (self._steps_csv, self._epochs_csv, self._steps_tb, self._epochs_tb) if s is not None]
+        sinks = (
+            self._steps_csv,
+            self._epochs_csv,
+            self._layer_steps_csv,
+            self._layer_epochs_csv,
+            self._steps_tb,
+            self._epochs_tb,
+        )
+        return [sink for sink in sinks if sink is not None]
 
     def _check_open(self) -> None:
         if self._closed:

@@ -130,6 +130,8 @@ def train_epoch(run: Run) -> None:
         if progress.step % config.logging.every_steps == 0:
             row = {**stats.as_dict(), "lr": lr, **summarise_augmentation(augmented.params)}
             run.logger.log_step(progress.step, progress.epoch + 1, row)
+            if stats.layers is not None:
+                run.logger.log_layers(progress.step, progress.epoch + 1, stats.layers.cosines)
         bar.update()
         bar.set_postfix(
             loss_o=f"{stats.loss_orig:.3f}",
@@ -197,6 +199,8 @@ def end_epoch(run: Run) -> None:
         run.best.consider(record.epoch, kept_by, run.model.state_dict(), _meta(run, row))
     progress.history.append(record)
     run.logger.log_epoch(record.epoch, row)
+    if run.engine.layer_names:
+        run.logger.log_layer_epoch(record.epoch, meter.layers.rates(run.engine.layer_names))
     patience = run.config.train.patience
     progress.stopped = patience is not None and progress.bad_epochs >= patience
     progress.epoch += 1
