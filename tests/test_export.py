@@ -216,3 +216,16 @@ def test_dpda_export_writes_a_trained_run_and_refuses_to_overwrite(lfcc_run, tmp
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 2
     assert "lcnn.pt exists" in capsys.readouterr().err
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_dpda_export_takes_an_onnx_opset(tmp_path, capsys):
+    source = checkpoint(tmp_path / "checkpoints", "aasist_l")
+    out = tmp_path / "aasist_l.onnx"
+    assert main(["export", str(source), "--format", "onnx", "--opset", "17", "--out", str(out)]) == 0
+    facts = json.loads(out.with_suffix(".json").read_text())
+    assert facts["opset"] == 17 and facts["exporter"] == "torch.onnx, TorchScript-based"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(["score"], {"audio": np.zeros((2, 9000), np.float32)})[0].shape == (2,)
+    capsys.readouterr()
+    assert main(["export", str(source), "--format", "torchscript", "--opset", "17", "--out", str(tmp_path / "a.pt")]) == 2
+    assert "an opset is for ONNX" in capsys.readouterr().err

@@ -313,6 +313,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument("source", type=Path, help="model package, run folder or .safetensors checkpoint")
     export.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt")
     export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.onnx or model.pt")
+    export.add_argument("--opset", type=int, help="the ONNX opset (default: the exporter's own)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) where they exist")
     _add_trust_code(export, "the checkpoint")
     export.set_defaults(handler=_export)
@@ -325,7 +326,7 @@ def _export(args: argparse.Namespace) -> int:
 
     detector = _load_detector(args, args.source, torch.device("cpu"))
     try:
-        out = export_detector(detector, args.out, args.fmt, overwrite=args.overwrite)
+        out = export_detector(detector, args.out, args.fmt, opset=args.opset, overwrite=args.overwrite)
     except OSError as error:
         raise _unusable(error) from error
     print(out)
