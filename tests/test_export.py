@@ -158,8 +158,12 @@ def test_an_exported_graph_pool_keeps_as_many_nodes_as_the_published_float_formu
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(pool, (torch.randn(2, 10, 8),), check_trace=False)
         torch.onnx.export(
-            pool, (torch.randn(2, 10, 8),), str(tmp_path / "pool.onnx"), dynamo=False,
-            input_names=["h"], dynamic_axes={"h": {0: "batch", 1: "nodes"}},
+            pool,
+            (torch.randn(2, 10, 8),),
+            str(tmp_path / "pool.onnx"),
+            dynamo=False,
+            input_names=["h"],
+            dynamic_axes={"h": {0: "batch", 1: "nodes"}},
         )
     session = onnxruntime.InferenceSession(str(tmp_path / "pool.onnx"), providers=["CPUExecutionProvider"])
     counts = [1, 2, 3, 9, 10, 29, 30, 90, 170, 233, 250]
@@ -227,5 +231,6 @@ def test_dpda_export_takes_an_onnx_opset(tmp_path, capsys):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(["score"], {"audio": np.zeros((2, 9000), np.float32)})[0].shape == (2,)
     capsys.readouterr()
-    assert main(["export", str(source), "--format", "torchscript", "--opset", "17", "--out", str(tmp_path / "a.pt")]) == 2
+    scripted = ["export", str(source), "--format", "torchscript", "--opset", "17", "--out", str(tmp_path / "a.pt")]
+    assert main(scripted) == 2
     assert "an opset is for ONNX" in capsys.readouterr().err
