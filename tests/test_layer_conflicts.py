@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.image import imread
 from models import TinyDetector
+from test_logger import scalars
 from tiny_runs import experiment, write_config
 
 from dpda.config import load_config
@@ -85,6 +86,11 @@ def test_a_run_logs_per_layer_cosines_and_rates_and_the_report_draws_them(corpus
         assert np.all(np.abs(cosines) <= 1 + 1e-9)
         rates = [float(np.mean(cosines[epoch_of == epoch] < 0)) for epoch in (1, 2, 3)]
         assert epochs[group] == pytest.approx(rates, abs=1e-12)  # every step logged: the rate is their share
+    cosine_events = scalars(run / "tensorboard" / "steps", "train/layer_cosine/hidden")
+    assert list(cosine_events) == steps["step"]
+    assert list(cosine_events.values()) == pytest.approx(steps["hidden"], abs=1e-6)  # float32 events
+    rate_events = scalars(run / "tensorboard" / "epochs", "epoch/layer_conflict/conv")
+    assert list(rate_events.values()) == pytest.approx(epochs["conv"], abs=1e-6)
     report = write_report([run], tmp_path / "report")
     figure = next((tmp_path / "report").glob("run-*-conflict.png"))
     assert figure.name in report.read_text()
