@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from dpda import __version__
 from dpda.errors import DpdaError
-from dpda.names import DIRECTIONS, PROTOCOL_KINDS
+from dpda.names import DATASET_KINDS, DIRECTIONS, PROTOCOL_KINDS
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_commands(commands)
     _add_train_command(commands)
     _add_evaluation_commands(commands)
+    _add_fuse_command(commands)
     _add_package_command(commands)
     _add_export_command(commands)
     report = commands.add_parser(
@@ -225,6 +226,77 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
     landscape.add_argument("--seed", type=int, default=0)
     _add_trust_code(landscape, "the checkpoint")
     landscape.set_defaults(handler=_landscape)
+
+
+def _add_fuse_command(commands: argparse._SubParsersAction) -> None:
+    fuse = commands.add_parser(
+        "fuse",
+        help="fuse and calibrate several systems' score files (logistic regression fitted on dev)",
+        description="Fit fused = sum of w_i x score_i + b on the dev trials (prior-weighted logistic regression, "
+        "as BOSARIS/FoCal: the fused scores are calibrated log-likelihood ratios, bona fide over spoof) and apply "
+        "it to SCORES, one score file per system (as dpda eval writes them). Without --dev-scores, SCORES are the "
+        "dev scores and --dev is their key; with it, SCORES are the same systems on other (eval) trials, in the "
+        "same order. Writes OUT (a score file) and OUT with the suffix .json (weights, offset, prior, files, and "
+        "the EER and Cllr of each system and of the fusion on dev, and on eval with --eval-key). All files are "
+        "checked before the fit: trials that differ between files or from a key are named. Example: dpda fuse "
+        "a_eval.txt b_eval.txt --dev-scores a_dev.txt b_dev.txt --dev ASVspoof2019.LA.cm.dev.trl.txt --out "
+        "fused.txt (SCORES first: --dev-scores takes the files after it).",
+    )
+    fuse.add_argument("scores", nargs="+", type=Path, metavar="SCORES", help="the score files to fuse, one per system")
+    fuse.add_argument(
+        "--dev-key", "--dev", dest="dev_key", type=Path, required=True, metavar="KEY", help="the dev protocol (key)"
+    )
+    fuse.add_argument(
+        "--dev-scores", nargs="+", type=Path, metavar="FILE", help="the systems' dev score files (default: SCORES)"
+    )
+    fuse.add_argument("--out", type=Path, required=True, help="the fused score file to write (e.g. fused_eval.txt)")
+    fuse.add_argument("--eval-key", type=Path, metavar="KEY", help="the protocol of SCORES, for their EER and Cllr")
+    for role, default in (("dev", "asvspoof2019"), ("eval", "the --dev-kind")):
+        fuse.add_argument(f"--{role}-kind", choices=DATASET_KINDS, help=f"the {role} key's format (default: {default})")
+        fuse.add_argument(
+            f"--{role}-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"an option of the {role} key's reader, as dpda validate --option (e.g. label_column=is_fake)",
+        )
+    fuse.add_argument(
+        "--prior", type=float, default=0.5, help="the effective prior of bona fide the fit weights the classes to"
+    )
+    fuse.add_argument(
+        "--l2", type=float, default=None, help="L2 weight on the standardised systems' weights (default 1e-4)"
+    )
+    fuse.add_argument("--overwrite", action="store_true", help="replace OUT (and its .json) where they exist")
+    fuse.set_defaults(handler=_fuse)
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from dpda.config import DataSet
+    from dpda.evaluate.fusion import DEFAULT_L2, fuse, fusion_markdown
+
+    dev_kind = args.dev_kind or "asvspoof2019"
+    dev = DataSet(dev_kind, str(args.dev_key), options=dict(map(_parse_option, args.dev_option)))
+    eval_key = None
+    if args.eval_key is not None:
+        options = dict(map(_parse_option, args.eval_option))
+        eval_key = DataSet(args.eval_kind or dev_kind, str(args.eval_key), options=options)
+    elif args.eval_kind or args.eval_option:
+        raise DpdaError("--eval-kind and --eval-option describe --eval-key: give it too")
+    try:
+        summary = fuse(
+            args.scores,
+            dev,
+            args.out,
+            dev_scores=args.dev_scores,
+            eval_key=eval_key,
+            prior=args.prior,
+            l2=DEFAULT_L2 if args.l2 is None else args.l2,
+            overwrite=args.overwrite,
+        )
+    except OSError as error:  # a score file missing or unreadable, OUT exists or cannot be written
+        raise _unusable(error) from error
+    print(fusion_markdown(summary))
+    return 0
 
 
 def _add_package_command(commands: argparse._SubParsersAction) -> None:

@@ -79,7 +79,7 @@ def _listed(ids: Sequence[str], limit: int = 8) -> str:
 def read_scores(path: str | Path, expected: Sequence[str] | None = None, *, complete: bool = True) -> dict[str, float]:
     """``<utterance id> <score>`` lines (the score is the last column) as a mapping; ids that
     the protocol (``expected``) does not list, ids it lists that are missing (``complete``),
-    repeated ids and non-finite scores are one error naming them."""
+    repeated ids and non-finite scores are one error naming them (the last two with their lines)."""
     path = Path(path)
     scores: dict[str, float] = {}
     repeated, bad = [], []
@@ -94,9 +94,9 @@ def read_scores(path: str | Path, expected: Sequence[str] | None = None, *, comp
         if len(fields) < 2:
             raise ScoreError(f"{path}:{number}: expected '<utterance id> <score>', got {line!r}")
         if fields[0] in scores:
-            repeated.append(fields[0])
+            repeated.append(f"{fields[0]} (line {number})")
         if not math.isfinite(value):
-            bad.append(fields[0])
+            bad.append(f"{fields[0]} (line {number})")
         scores[fields[0]] = value
     problems = []
     if repeated:
