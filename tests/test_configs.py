@@ -183,7 +183,10 @@ def test_config_loads(path):
 
 def test_the_config_folders_hold_the_expected_files():
     stems = {folder: sorted(p.stem for p in (CONFIGS / folder).glob("*.yaml")) for folder in ("baselines", "builtin")}
-    assert stems == {"baselines": ["aasist_l", "rawnet2"], "builtin": ["aasist_l", "lfcc_lcnn"]}
+    assert stems == {
+        "baselines": ["aasist_l", "rawnet2", "xlsr_sls_rawboost"],
+        "builtin": ["aasist_l", "lfcc_lcnn"],
+    }
     assert len(PAPER_FILES) == len(PAPER_ROWS)
 
 

@@ -23,8 +23,8 @@ from dpda.models import build
 from dpda.models.detector import SSLDetector
 from dpda.models.fairseq_convert import STANDARD_CONV
 from dpda.models.paper_checkpoint import load_paper_checkpoint, paper_model
-from dpda.models.registry import SSL_BACKENDS, _load
-from dpda.models.ssl import SSLFrontEnd, tiny_config
+from dpda.models.registry import SSL_BACKENDS, _load, ssl_frontend_class
+from dpda.models.ssl import tiny_config
 from dpda.train import train
 
 HEADS = {"encoder_attention_heads": 2}  # the tiny width is not a released one, so say it
@@ -42,7 +42,7 @@ def released_like(name: str) -> tuple[SSLDetector, dict[str, torch.Tensor]]:
         conv_kernel=[k for _, k, _ in STANDARD_CONV],
         conv_stride=[s for _, _, s in STANDARD_CONV],
     )
-    frontend = SSLFrontEnd(config)
+    frontend = ssl_frontend_class(name)(config)
     model = SSLDetector(frontend, _load(SSL_BACKENDS[name])(ssl_dim=frontend.output_dim)).eval()
     with torch.no_grad():
         for p in model.parameters():

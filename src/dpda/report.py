@@ -31,7 +31,7 @@ from dpda.config import DataSet, ExperimentConfig, load_config
 from dpda.data.sets import DataError, dataset_name, read_dataset
 from dpda.errors import DpdaError
 from dpda.evaluate.metrics import det_curve, eer
-from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, PAPER_RESULTS
+from dpda.evaluate.paper import PAPER_CLAIMS, PAPER_CONFLICT_RATE, published
 from dpda.markdown import table
 from dpda.results import RunResults, SeedSummary, conflict_rate, mean_std
 from dpda.train.logger import EPOCHS_CSV, LAYER_EPOCHS_CSV, STEPS_CSV, read_csv
@@ -287,10 +287,13 @@ def _table(entries: Sequence[Entry]) -> list[str]:
         "paper EER (%)",
     ]
     rows = []
+    sources: list[str] = []  # the publications the paper column cites, numbered in order
     for entry in entries:
         stats = _entry_stats(entry)
         config = entry.runs[0].config
-        paper = PAPER_RESULTS.get(config.paper_row or "")
+        paper = published(config.paper_row)
+        if paper and paper.source not in sources:
+            sources.append(paper.source)
         cells = [
             entry.label,
             _aligner(config),
@@ -301,7 +304,12 @@ def _table(entries: Sequence[Entry]) -> list[str]:
             *(_cell(stats, f"eval/{name}/eer", percent=True) for name in sets),
             _cell(stats, "conflict_rate", percent=True),
             _cell(stats, "skipped_steps"),
-            " / ".join(f"{name} {value:.2f}" for name, value in paper.items()) if paper else "–",
+            (
+                " / ".join(f"{name} {value:.2f}" for name, value in paper.eers.items())
+                + f" [{sources.index(paper.source) + 1}]"
+            )
+            if paper
+            else "–",
         ]
         rows.append(cells)
     lines = ["## Comparison", "", *table(header, rows)]
@@ -312,11 +320,12 @@ def _table(entries: Sequence[Entry]) -> list[str]:
             "several seeds shows mean ± sample standard deviation over them (summary.json where written). "
             "The conflict rate is conflicting steps over all optimizer steps with a defined conflict "
             "flag (epochs.csv; results.json holds the same). The paper column is the published EER of the "
-            "config's `paper_row`, where the "
-            "paper reports one; it was measured on the full data sets and is comparable only with runs "
-            "on the same data."
+            "config's `paper_row`, where a publication reports one (its source numbered below); it was "
+            "measured on the full data sets and is comparable only with runs on the same data."
         ),
     ]
+    if sources:
+        lines += ["", "Paper column sources: " + "; ".join(f"[{i}] {s}" for i, s in enumerate(sources, 1)) + "."]
     return lines
 
 

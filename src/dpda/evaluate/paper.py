@@ -4,13 +4,27 @@ Truong et al., "Addressing Gradient Misalignment in Data-Augmented Training for 
 Deepfake Detection", ICASSP 2026 (arXiv 2509.20682). Numbers are transcribed from the project's
 summary of the paper (``../shared/PAPER.md``, "Reported results"); row ids are the ``paper_row``
 values of ``configs/paper/*.yaml`` and set names their ``eval.sets[*].name``.
+
+``OTHER_RESULTS`` holds what other publications report for detectors that configs outside
+``configs/paper`` rebuild (ids ``<first author><year>_<short title>/<model>``), each with its
+source; ``published(row)`` answers for both, so the report names where a figure comes from.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["PAPER_CLAIMS", "PAPER_CONFLICT_RATE", "PAPER_RESULTS", "UNREPORTED_ROWS", "PaperClaim"]
+__all__ = [
+    "OTHER_RESULTS",
+    "PAPER_CLAIMS",
+    "PAPER_CONFLICT_RATE",
+    "PAPER_RESULTS",
+    "PAPER_SOURCE",
+    "UNREPORTED_ROWS",
+    "PaperClaim",
+    "Published",
+    "published",
+]
 
 _SETS = ("asvspoof2021_df_eval", "in_the_wild", "for_norm_test")  # the paper's column order
 
@@ -43,6 +57,34 @@ UNREPORTED_ROWS: frozenset[str] = frozenset(
         "table1/xlsr_mamba/cagrad",
     }
 )
+
+#: Where PAPER_RESULTS come from, as the report cites it.
+PAPER_SOURCE = "Truong et al., ICASSP 2026, Table 1"
+
+
+class Published(NamedTuple):
+    """Reported EERs (%) per eval set name, and the publication that reports them."""
+
+    eers: dict[str, float]
+    source: str
+
+
+#: Other publications' EERs (%) per ``paper_row`` id, for detectors the DPDA paper does not train.
+OTHER_RESULTS: dict[str, Published] = {
+    # configs/baselines/xlsr_sls_rawboost.yaml: XLS-R 300M + SLS, ASVspoof 2019 LA, RawBoost
+    "zhang2024_sls/xlsr_sls": Published(
+        {"asvspoof2021_la_eval": 2.87, "asvspoof2021_df_eval": 1.92, "in_the_wild": 7.46},
+        'Zhang, Wen and Hu, "Audio Deepfake Detection with Self-Supervised XLS-R and SLS Classifier", ACM MM 2024',
+    ),
+}
+
+
+def published(row: str | None) -> Published | None:
+    """The EERs reported for ``paper_row`` ``row`` and their source; None where none are."""
+    if row in PAPER_RESULTS:
+        return Published(PAPER_RESULTS[row], PAPER_SOURCE)
+    return OTHER_RESULTS.get(row or "")
+
 
 #: The share of training iterations whose path gradients conflict with RawBoost, per the paper.
 PAPER_CONFLICT_RATE = 0.25

@@ -1,8 +1,8 @@
 """``build(config)``: a detector from a configuration dict; ``config["name"]`` picks the model.
 
 Models on raw audio take their hyperparameters as the other keys. SSL detectors
-(``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``) take an ``ssl`` dict for the front-end
-(``SSLFrontEnd``'s keywords, with ``source`` a local folder, a hub id, or a transformers config
+(``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``, ``xlsr_sls``) take an ``ssl`` dict for
+the front-end (``SSLFrontEnd``'s keywords, with ``source`` a local folder, a hub id, or a transformers config
 dict, as a converted paper checkpoint holds; or ``{"preset": "xlsr_300m"}`` (``xlsr_1b``, ``xlsr_2b``)
 for a random model of a published XLS-R shape; or ``{"tiny": "wav2vec2"}`` for a tiny random
 front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
@@ -26,6 +26,8 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from dpda.models.ssl import SSLFrontEnd
+
 from dpda.errors import DpdaError
 from dpda.models.options import checked_options
 from dpda.models.weights import load_init
@@ -45,7 +47,11 @@ SSL_BACKENDS = {
     "xlsr_aasist": "dpda.models.aasist:XLSRAASISTBackEnd",
     "xlsr_conformer_tcm": "dpda.models.conformer_tcm:ConformerTCMBackEnd",
     "xlsr_mamba": "dpda.models.mamba:MambaBackEnd",
+    "xlsr_sls": "dpda.models.sls:SLSBackEnd",
 }
+#: SSL back-ends that read more than one hidden state, and the ``SSLFrontEnd`` subclass (same
+#: options) that hands them over; the others get ``SSLFrontEnd`` itself.
+SSL_FRONTENDS = {"xlsr_sls": "dpda.models.sls:LayerStackFrontEnd"}
 #: Any detector of the user's: ``{"name": "custom", "class": "package.module:ClassName", ...options}``.
 CUSTOM = "custom"
 MODEL_NAMES = (*RAW_MODELS, *SSL_BACKENDS, CUSTOM)
@@ -129,14 +135,15 @@ def _build(options: dict[str, Any]) -> nn.Module:
     given = [key for key, value in (("tiny", tiny), ("preset", preset), ("source", source)) if value]
     if len(given) > 1:
         raise ValueError(f"model {name!r}: ssl: give one of 'tiny', 'preset' or 'source', not {' and '.join(given)}")
+    frontend_class = ssl_frontend_class(name)
     if tiny is not None:
-        frontend = SSLFrontEnd.tiny(tiny, **checked)
+        frontend = frontend_class.tiny(tiny, **checked)
     elif preset is not None:
-        frontend = SSLFrontEnd(preset_config(preset), **checked)
+        frontend = frontend_class(preset_config(preset), **checked)
     else:
         source = source or DEFAULT_SSL_SOURCE
         try:
-            frontend = SSLFrontEnd(source, **checked)
+            frontend = frontend_class(source, **checked)
         except OSError as error:
             raise OSError(
                 f"model {name!r}: cannot load the SSL front-end {str(source)!r} ({error}). Give "
@@ -152,6 +159,13 @@ def _build(options: dict[str, Any]) -> nn.Module:
         )
     backend = backend_factory(**checked_options(backend_factory, options, f"model {name!r}"))
     return SSLDetector(frontend, backend)
+
+
+def ssl_frontend_class(name: str) -> type[SSLFrontEnd]:
+    """The front-end class SSL back-end ``name`` is built on (``SSL_FRONTENDS``, else ``SSLFrontEnd``)."""
+    from dpda.models.ssl import SSLFrontEnd
+
+    return _load(SSL_FRONTENDS[name]) if name in SSL_FRONTENDS else SSLFrontEnd
 
 
 def _load(target: str) -> Any:
