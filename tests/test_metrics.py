@@ -1,4 +1,5 @@
-"""ASVspoof metrics: against the official scripts' outputs, against brute force, and edge cases."""
+"""ASVspoof metrics: against the official scripts' outputs, against brute force, and edge cases; the
+a-DCF against its authors' ``a_dcf`` package."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from dpda.evaluate import (
+    ADCFCosts,
     TDCFCosts,
+    a_dcf,
     act_dcf,
     cllr,
     det_curve,
@@ -16,6 +19,7 @@ from dpda.evaluate import (
     eer_per_attack,
     min_dcf,
     min_tdcf,
+    tdcf_weights,
 )
 
 CASE_INPUTS = ("bonafide", "spoof", "asv_target", "asv_nontarget", "asv_spoof")
@@ -179,3 +183,101 @@ def test_other_argument_errors():
         min_tdcf(*scores, [2.0], [0.0], [-5.0])  # the ASV rejects every spoof: C2 = 0
     with pytest.raises(ValueError, match="p_spoof"):
         min_dcf(*scores, p_spoof=1.0)
+
+
+# -- a-DCF -----------------------------------------------------------------------------------------
+def package_a_dcf(target, nontarget, spoof, costs: ADCFCosts):
+    """Min a-DCF and threshold as the ``a_dcf`` package computes them: its ``calculate_a_dcf`` reads a
+    file with ``np.float`` (gone since NumPy 1.24), so its own curve and normaliser are composed here
+    as that function composes them."""
+    package = pytest.importorskip("a_dcf.a_dcf", reason="the a_dcf package (pip install a-dcf) is a dev dependency")
+    model = package.CostModel(
+        Pspf=costs.p_spoof,
+        Pnontrg=costs.p_nontarget,
+        Ptrg=costs.p_target,
+        Cmiss=costs.c_miss,
+        Cfa_asv=costs.c_fa_nontarget,
+        Cfa_cm=costs.c_fa_spoof,
+    )
+    far_asv, far_cm, frr, thresholds = package.compute_a_det_curve(target, nontarget, spoof)
+    dcfs = (
+        np.array([model.Cmiss * model.Ptrg]) * np.array(frr)
+        + np.array([model.Cfa_asv * model.Pnontrg]) * np.array(far_asv)
+        + np.array([model.Cfa_cm * model.Pspf]) * np.array(far_cm)
+    )
+    normed = package.normalize(dcfs, model)
+    best = int(np.argmin(normed))
+    return float(normed[best]), float(thresholds[best])
+
+
+COST_MODELS = [
+    ADCFCosts(),
+    ADCFCosts(p_target=0.5, p_nontarget=0.25, p_spoof=0.25, c_miss=1.0, c_fa_nontarget=1.0, c_fa_spoof=1.0),
+    ADCFCosts(p_target=0.6, p_nontarget=0.1, p_spoof=0.3, c_miss=3.0, c_fa_nontarget=2.0, c_fa_spoof=50.0),
+]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_dcf_equals_the_a_dcf_package(seed):
+    """Continuous scores (seeds 0-3), scores rounded to 0.1 and small integers (ties, 4-11), and
+    class sizes from 1 to 400, under three cost models: value and threshold equal to 1e-12."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 400, 3) if seed % 3 else rng.integers(1, 6, 3)
+    target = rng.normal(2.0, 1.0, sizes[0])
+    nontarget = rng.normal(-1.0, 1.5, sizes[1])
+    spoof = rng.normal(0.5, 2.0, sizes[2])
+    if seed >= 4:
+        target, nontarget, spoof = (np.round(x, 1 if seed < 8 else 0) for x in (target, nontarget, spoof))
+    for costs in COST_MODELS:
+        expected = package_a_dcf(target, nontarget, spoof, costs)
+        assert a_dcf(target, nontarget, spoof, costs=costs) == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_a_dcf_equals_the_package_where_the_classes_are_all_tied():
+    target, nontarget, spoof = np.zeros(3), np.zeros(4), np.zeros(2)
+    assert a_dcf(target, nontarget, spoof) == pytest.approx(package_a_dcf(target, nontarget, spoof, ADCFCosts()))
+
+
+def test_a_dcf_known_values():
+    # Defaults: normaliser min(0.9, 0.5 + 1.0) = 0.9; a perfect system costs 0 at the threshold
+    # between the highest impostor (spoof 0.5) and the lowest target (1.0).
+    assert a_dcf([1.0, 2.0], [-1.0, 0.0], [0.5]) == (0.0, 0.5)
+    # Reject everything: Pmiss 1 -> 0.9 / 0.9 = 1; accept everything: (0.5 + 1.0) / 0.9.
+    value, threshold = a_dcf([-5.0], [1.0], [2.0])
+    assert value == pytest.approx(1.0) and threshold == 2.0
+    # Misses cost most: the normaliser is accepting all (0.5 + 1.0), which point 0 (threshold =
+    # lowest score - 1e-8) does, at normalised cost 1.
+    assert a_dcf([0.0], [1.0], [2.0], costs=ADCFCosts(c_miss=100.0)) == pytest.approx((1.0, -1e-8))
+
+
+def test_a_dcf_is_vectorised():
+    """611,829 trials (ASVspoof 2021 DF eval's size) well under a second (benchmarks/adcf_time.py)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    target, nontarget, spoof = rng.normal(2, 1, 61_183), rng.normal(-1, 1, 244_732), rng.normal(0, 2, 305_914)
+    start = time.perf_counter()
+    a_dcf(target, nontarget, spoof)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_dcf_input_errors():
+    with pytest.raises(ValueError, match="nontarget: no scores"):
+        a_dcf([1.0], [], [0.0])
+    with pytest.raises(ValueError, match="spoof: 1 NaN/inf"):
+        a_dcf([1.0], [0.0], [np.nan])
+    with pytest.raises(ValueError, match="sum to 1"):
+        ADCFCosts(p_target=0.5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        ADCFCosts(c_fa_spoof=0.0)
+
+
+def test_tdcf_weights_are_the_line_min_tdcf_minimises():
+    rng = np.random.default_rng(5)
+    bonafide, spoof = rng.normal(1, 1, 300), rng.normal(-1, 1, 200)
+    asv = rng.normal(3, 1, 100), rng.normal(-2, 1, 150), rng.normal(1, 1.5, 120)
+    frr, far, _ = det_curve(bonafide, spoof)
+    for version in ("2019", "2021"):
+        c0, c1, c2, norm = tdcf_weights(*asv, version=version)
+        assert min_tdcf(bonafide, spoof, *asv, version=version) == np.min(c0 + c1 * frr + c2 * far) / norm
+    assert tdcf_weights(*asv, version="2019")[0] == 0.0

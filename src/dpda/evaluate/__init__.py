@@ -1,7 +1,10 @@
-"""Evaluation of countermeasure scores: the ASVspoof metrics (higher score = more bona fide)."""
+"""Evaluation of countermeasure scores: the ASVspoof metrics (higher score = more bona fide), and
+the a-DCF of spoofing-aware speaker verification scores."""
 
 from dpda.evaluate.metrics import (
+    ADCFCosts,
     TDCFCosts,
+    a_dcf,
     act_dcf,
     cllr,
     det_curve,
@@ -9,6 +12,19 @@ from dpda.evaluate.metrics import (
     eer_per_attack,
     min_dcf,
     min_tdcf,
+    tdcf_weights,
 )
 
-__all__ = ["TDCFCosts", "act_dcf", "cllr", "det_curve", "eer", "eer_per_attack", "min_dcf", "min_tdcf"]
+__all__ = [
+    "ADCFCosts",
+    "TDCFCosts",
+    "a_dcf",
+    "act_dcf",
+    "cllr",
+    "det_curve",
+    "eer",
+    "eer_per_attack",
+    "min_dcf",
+    "min_tdcf",
+    "tdcf_weights",
+]

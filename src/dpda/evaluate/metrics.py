@@ -1,13 +1,15 @@
-"""Scoring metrics of the ASVspoof challenges: EER, min t-DCF (2019 and 2021), minDCF, actDCF, Cllr.
+"""Scoring metrics of the ASVspoof challenges: EER, min t-DCF (2019 and 2021), minDCF, actDCF, Cllr,
+and the a-DCF of spoofing-aware speaker verification (SASV).
 
 Convention throughout: a score is higher for more bona fide speech; bona fide is the positive
 ("target") class of the countermeasure (CM). A miss is a bona fide trial scored below the
 threshold, a false alarm a spoofed trial scored at or above it.
 
 The EER and the t-DCF follow the official ASVspoof evaluation scripts value for value (same
-operating points, same tie handling), so that numbers reported with this module can be compared
-with published ones; ``tests/test_metrics.py`` checks them against outputs of those scripts.
-Each function sorts its scores once; nothing loops over trials in Python.
+operating points, same tie handling), and the a-DCF the ``a_dcf`` package of its authors, so that
+numbers reported with this module can be compared with published ones; ``tests/test_metrics.py``
+checks them against outputs of those scripts and that package. Each function sorts its scores
+once; nothing loops over trials in Python.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "ADCFCosts",
     "TDCFCosts",
+    "a_dcf",
     "act_dcf",
     "cllr",
     "det_curve",
@@ -26,6 +30,7 @@ __all__ = [
     "eer_per_attack",
     "min_dcf",
     "min_tdcf",
+    "tdcf_weights",
 ]
 
 _SHOWN_INDICES = 5  # how many offending indices an error message lists
@@ -49,6 +54,23 @@ def _scores(name: str, values: ArrayLike) -> NDArray[np.float64]:
     return scores
 
 
+def _rejections(*groups: NDArray[np.float64]) -> tuple[list[NDArray[np.int64]], NDArray[np.float64]]:
+    """Per group, how many of its trials operating point ``k`` rejects (k = 0 .. all trials), and
+    the sorted scores.
+
+    Point ``k`` rejects the ``k`` lowest-scored trials of all groups together, sorted stably in
+    the order the groups are given, so that tied trials of an earlier group are rejected first
+    and a group of tied scores contributes one point per trial (the official scripts' and the
+    ``a_dcf`` package's convention). One sort and one cumulative sum per group.
+    """
+    scores = np.concatenate(groups)
+    order = np.argsort(scores, kind="mergesort")
+    ends = np.cumsum([group.size for group in groups])
+    group_of = np.searchsorted(ends, order, side="right")  # the group of each sorted trial
+    rejected = [np.concatenate(([0], np.cumsum(group_of == index))) for index in range(len(groups))]
+    return rejected, scores[order]
+
+
 def det_curve(
     bonafide: ArrayLike, spoof: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
@@ -63,14 +85,9 @@ def det_curve(
     """
     bonafide = _scores("bonafide", bonafide)
     spoof = _scores("spoof", spoof)
-    scores = np.concatenate((bonafide, spoof))
-    order = np.argsort(scores, kind="mergesort")
-    is_bonafide = order < bonafide.size
-    rejected_bonafide = np.concatenate(([0], np.cumsum(is_bonafide)))
-    rejected_spoof = np.arange(order.size + 1) - rejected_bonafide
+    (rejected_bonafide, rejected_spoof), sorted_scores = _rejections(bonafide, spoof)
     frr = rejected_bonafide / bonafide.size
     far = (spoof.size - rejected_spoof) / spoof.size
-    sorted_scores = scores[order]
     thresholds = np.concatenate(([sorted_scores[0] - 0.001], sorted_scores))
     return frr, far, thresholds
 
@@ -152,6 +169,24 @@ def min_tdcf(
     better of the two trivial CMs, C0 + min(C1, C2), with C0 = Ptar Cmiss Pmiss_asv +
     Pnon Cfa Pfa_asv, C1 = Ptar Cmiss - C0 and C2 = Pspoof Cfa_spoof Pfa_spoof_asv.
     """
+    c0, c1, c2, default = tdcf_weights(asv_target, asv_nontarget, asv_spoof, version=version, costs=costs)
+    pmiss_cm, pfa_cm, _ = det_curve(bonafide, spoof)
+    return float(np.min(c0 + c1 * pmiss_cm + c2 * pfa_cm) / default)
+
+
+def tdcf_weights(
+    asv_target: ArrayLike,
+    asv_nontarget: ArrayLike,
+    asv_spoof: ArrayLike,
+    *,
+    version: str = "2019",
+    costs: TDCFCosts | None = None,
+) -> tuple[float, float, float, float]:
+    """C0, C1, C2 and the normaliser of :func:`min_tdcf`'s line, from the ASV scores alone.
+
+    They depend on the ASV system only, so ASV scores that leave no positive normaliser (an ASV
+    that errs too much, or accepts no spoof) can be refused before any CM is scored.
+    """
     if version not in ("2019", "2021"):
         raise ValueError(f"version must be '2019' or '2021', got {version!r}")
     c = TDCFCosts() if costs is None else costs
@@ -177,8 +212,67 @@ def min_tdcf(
             f"t-DCF weights C0={c0:.6g}, C1={c1:.6g}, C2={c2:.6g} leave no positive normaliser "
             f"({default:.6g}): the ASV system errs too much, or accepts no spoof; check the ASV scores"
         )
-    pmiss_cm, pfa_cm, _ = det_curve(bonafide, spoof)
-    return float(np.min(c0 + c1 * pmiss_cm + c2 * pfa_cm) / default)
+    return c0, c1, c2, default
+
+
+@dataclass(frozen=True)
+class ADCFCosts:
+    """Priors and costs of the architecture-agnostic DCF (a-DCF) of spoofing-aware speaker
+    verification (Shim et al., Odyssey 2024).
+
+    Defaults are those of the ``a_dcf`` package of the authors (``CostModel``) and of ASVspoof 5
+    track 2: a target prior of 0.9, nontarget and spoof priors of 0.05 each, a miss cost of 1,
+    a nontarget false-alarm cost of 10 and a spoof false-alarm cost of 20. The priors sum to one.
+    """
+
+    p_target: float = 0.9
+    p_nontarget: float = 0.05
+    p_spoof: float = 0.05
+    c_miss: float = 1.0  # a target trial rejected
+    c_fa_nontarget: float = 10.0  # a zero-effort impostor accepted
+    c_fa_spoof: float = 20.0  # a spoof accepted
+
+    def __post_init__(self) -> None:
+        priors = (self.p_target, self.p_nontarget, self.p_spoof)
+        costs = (self.c_miss, self.c_fa_nontarget, self.c_fa_spoof)
+        if min(priors) < 0 or abs(sum(priors) - 1) > 1e-10 or min(costs) <= 0:
+            raise ValueError(
+                f"ADCFCosts: priors (p_target, p_nontarget, p_spoof) = {priors} must be >= 0 and sum to 1, "
+                f"costs (c_miss, c_fa_nontarget, c_fa_spoof) = {costs} must be > 0"
+            )
+
+
+def a_dcf(
+    target: ArrayLike, nontarget: ArrayLike, spoof: ArrayLike, *, costs: ADCFCosts | None = None
+) -> tuple[float, float]:
+    """Minimum normalised a-DCF of a SASV system's scores and the threshold reaching it.
+
+    a-DCF = (Cmiss Ptar Pmiss + Cfa_non Pnon Pfa_non + Cfa_spf Pspf Pfa_spf) / min(Cmiss Ptar,
+    Cfa_non Pnon + Cfa_spf Pspf): the normaliser is the cost of the better trivial system
+    (reject all, or accept all), so 1 means "no better than no system". ``target`` are the
+    scores of target trials (the claimed speaker, bona fide), ``nontarget`` of zero-effort
+    impostors, ``spoof`` of spoofed trials; higher is more "accept".
+
+    The operating points are those of the ``a_dcf`` package (``compute_a_det_curve``): point
+    ``k`` rejects the ``k`` lowest-scored trials of the stable sort of [target, nontarget,
+    spoof], so tied scores give one point per trial. The threshold returned is the score of the
+    last trial the best point rejects (the lowest score minus 1e-8 when it rejects none), as
+    the package reports it.
+    """
+    c = ADCFCosts() if costs is None else costs
+    target = _scores("target", target)
+    nontarget = _scores("nontarget", nontarget)
+    spoof = _scores("spoof", spoof)
+    (miss, passed_nontarget, passed_spoof), sorted_scores = _rejections(target, nontarget, spoof)
+    p_miss = miss / target.size
+    p_fa_nontarget = (nontarget.size - passed_nontarget) / nontarget.size
+    p_fa_spoof = (spoof.size - passed_spoof) / spoof.size
+    cost = c.c_miss * c.p_target * p_miss + c.c_fa_nontarget * c.p_nontarget * p_fa_nontarget
+    cost += c.c_fa_spoof * c.p_spoof * p_fa_spoof
+    normalised = cost / min(c.c_fa_nontarget * c.p_nontarget + c.c_fa_spoof * c.p_spoof, c.c_miss * c.p_target)
+    k = int(np.argmin(normalised))
+    threshold = sorted_scores[0] - 1e-8 if k == 0 else sorted_scores[k - 1]
+    return float(normalised[k]), float(threshold)
 
 
 def _dcf_weights(p_spoof: float, c_miss: float, c_fa: float) -> tuple[float, float, float]:
