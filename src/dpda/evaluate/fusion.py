@@ -167,6 +167,8 @@ class Systems:
 
     def ordered(self, ids: Sequence[str]) -> Systems:
         """The same scores in the order of ``ids`` (the same trials)."""
+        if list(ids) == self.ids:
+            return self
         row = {utt: n for n, utt in enumerate(self.ids)}
         return Systems(self.files, list(ids), self.scores[[row[utt] for utt in ids]])
 
@@ -193,13 +195,15 @@ def read_systems(paths: Sequence[str | Path], role: str) -> Systems:
             + "\n  ".join(problems)
         )
     ids = list(first)
-    columns = [np.fromiter((scores[utt] for utt in ids), np.float64, count=len(ids)) for scores in maps]
+    columns = [np.fromiter(map(scores.__getitem__, ids), np.float64, count=len(ids)) for scores in maps]
     return Systems(files, ids, np.stack(columns, axis=1))
 
 
 def _differences(wanted: dict[str, Any], have: dict[str, Any], lacking: str, adding: str) -> str:
     """The ids of ``wanted`` that ``have`` lacks and those it adds (both in their file order), as
     counts and the first few of each, or ``""`` when they are the same trials."""
+    if wanted.keys() == have.keys():
+        return ""
     missing = [utt for utt in wanted if utt not in have]
     extra = [utt for utt in have if utt not in wanted]
     found = []
