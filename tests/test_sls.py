@@ -1,7 +1,7 @@
 """The SLS back-end (``xlsr_sls``): every transformer layer handed over, the per-utterance layer
 weights, the published classifier computed step by step, gradients, modes, key names, lengths
-other than the crop, the shipped config, its published figures in ``dpda report``, and one
-dual-path step."""
+other than the crop and ONNX/TorchScript export, the shipped config, its published figures in
+``dpda report``, and one dual-path step."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpda.config import load_config, save_config
+from dpda.config import config_from_dict, load_config, save_config
+from dpda.deploy.export import export_detector
 from dpda.dualpath import DualPathStep
+from dpda.evaluate.evaluation import Detector
 from dpda.evaluate.paper import published
 from dpda.models import build
-from dpda.models.sls import PUBLISHED_FRAMES, LayerStackFrontEnd, SLSBackEnd
+from dpda.models.sls import PUBLISHED_FRAMES, LayerStackFrontEnd, SLSBackEnd, adaptive_max_rows
 from dpda.models.ssl import SSLFrontEnd
 from dpda.report import write_report
 
@@ -244,6 +246,24 @@ def test_other_lengths_go_through_an_adaptive_pool_that_is_idle_at_the_crop():
     with torch.no_grad():
         assert model(audio(1, CROP))[1].shape == (1, 2)
         assert model(audio(1, 1000))[1].shape == (1, 2)  # 3 frames: the shortest
+
+
+def test_adaptive_max_rows_is_torchs_adaptive_max_pool_and_exports(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    for rows in (1, 5, 67):
+        for n in (1, 2, 4, 66, 67, 68, 133, 134, 200, 1001):
+            x = torch.randn(2, 1, n, 7, generator=generator)
+            assert torch.equal(adaptive_max_rows(x, rows), F.adaptive_max_pool2d(x, (rows, 7))), (rows, n)
+    config = {"name": "xlsr_sls", "ssl": {"tiny": "wav2vec2"}, "hidden": 16}
+    model = tiny_sls().eval()
+    detector = Detector(model, config_from_dict({"model": config}), None, tmp_path)
+    onnx = export_detector(detector, tmp_path / "onnx" / "sls.onnx", "onnx")  # checked on other shapes as written
+    scripted = torch.jit.load(str(export_detector(detector, tmp_path / "script" / "sls.pt", "torchscript")))
+    assert onnx.is_file()
+    with torch.no_grad():
+        for samples in (8000, CROP):
+            x = audio(3, samples)
+            torch.testing.assert_close(scripted(x)[0], model(x)[1], atol=1e-4, rtol=0)
 
 
 def test_bad_shapes_and_options_are_refused():

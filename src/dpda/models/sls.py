@@ -31,9 +31,9 @@ not at hand, so these readings are the plain ones and are stated here:
 
 One addition for lengths other than the training crop's: ``fc1`` is sized for ``frames`` frames
 (201, the frame count of the published 64,600-sample crop), and the released model takes no
-other length. Here the pooled map is brought to ``frames // 3`` rows by an adaptive max pool
-over time when its row count differs (a longer input is pooled, a shorter one's rows repeated);
-at the published length that step does nothing, so the model is the published one there.
+other length. Here an adaptive max pool over time (``adaptive_max_rows``) brings the pooled
+map to ``frames // 3`` rows (a longer input's rows are pooled, a shorter one's repeated); at the
+published length (201 to 203 frames) it is the identity, so the model is the published one there.
 
 The front-end of ``xlsr_sls`` is :class:`LayerStackFrontEnd`, an ``SSLFrontEnd`` whose output is
 the stack of those layer outputs, ``(B, L, frames, C)``; it takes every ``ssl`` option except
@@ -68,6 +68,21 @@ POOL = 3
 #: hooks fill: per context, not an attribute of the model, so that concurrent forward passes
 #: (``dpda serve``'s threads) keep their own, and the model deep-copies and pickles as usual.
 _CAPTURE: ContextVar[tuple[int, list[Tensor]] | None] = ContextVar("dpda_sls_capture", default=None)
+
+
+def adaptive_max_rows(x: Tensor, rows: int) -> Tensor:
+    """``F.adaptive_max_pool2d(x, (rows, x.shape[3]))`` of ``(B, C, n, W)``: row ``i`` is the max
+    over input rows ``floor(i n / rows)`` to ``ceil((i + 1) n / rows) - 1``. Written as a gather
+    and a max because exporters take no adaptive pooling of a length known only at run time
+    (ONNX has none); with ``n == rows`` it is the identity."""
+    n = x.shape[2]
+    index = torch.arange(rows, device=x.device)
+    starts = torch.div(index * n, rows, rounding_mode="floor")
+    ends = torch.div((index + 1) * n + rows - 1, rows, rounding_mode="floor")
+    width = (n + rows - 1) // rows + 1  # no bin is wider
+    taken = torch.minimum(starts[:, None] + torch.arange(width, device=x.device), ends[:, None] - 1)
+    gathered = x.index_select(2, taken.flatten())
+    return gathered.view(x.shape[0], x.shape[1], rows, width, x.shape[3]).amax(dim=3)
 
 
 class LayerStackFrontEnd(SSLFrontEnd):
@@ -155,11 +170,10 @@ class SLSBackEnd(FromConfig, nn.Module):
         fused = torch.einsum("bl,bltc->btc", self.layer_weights(layers), layers)
         x = self.selu(self.first_bn(fused.unsqueeze(1)))
         x = F.max_pool2d(x, (POOL, POOL))  # (B, 1, frames // 3, ssl_dim // 3)
-        if x.shape[2] != self.rows:
-            x = F.adaptive_max_pool2d(x, (self.rows, x.shape[3]))
+        x = adaptive_max_rows(x, self.rows)  # the identity at the published length
         embedding = self.selu(self.fc1(torch.flatten(x, 1)))
         logits = F.log_softmax(self.selu(self.fc3(embedding)), dim=1)
         return embedding, logits
 
 
-__all__ = ["POOL", "PUBLISHED_FRAMES", "LayerStackFrontEnd", "SLSBackEnd"]
+__all__ = ["POOL", "PUBLISHED_FRAMES", "LayerStackFrontEnd", "SLSBackEnd", "adaptive_max_rows"]
