@@ -158,7 +158,9 @@ def _add_evaluation_commands(commands: argparse._SubParsersAction) -> None:
         description="Score every configured eval set with a checkpoint (or a run folder's final model): "
         "score files (resumable), results.json and results.md with EER, per-attack EER, "
         'minDCF, actDCF and Cllr. Add sets with --set "eval.sets=[{kind: in_the_wild, '
-        'protocol: /data/itw/meta.csv}]".',
+        'protocol: /data/itw/meta.csv}]". A set with asv_scores (an ASV score file; asv_keys with it for '
+        "the ASVspoof 2021 form) also gets min t-DCF 2019 and 2021, one with sasv_scores (a SASV score file) "
+        "min a-DCF; both files are matched to the set's trials before anything is scored.",
     )
     evaluate.add_argument("source", type=Path, help="run folder or .safetensors checkpoint")
     evaluate.add_argument(

@@ -102,10 +102,22 @@ class DataSet:
     root: str | None = None  # audio root the protocol's paths are relative to; None: the protocol's folder
     options: dict[str, Any] = field(default_factory=dict)  # keyword options of the kind's reader
     name: str | None = None  # label in logs and score files; None: derived from the protocol
+    asv_scores: str | None = None  # eval sets: an ASV score file, for min t-DCF 2019/2021 (dpda.evaluate.asv:
+    # the ASVspoof 2019 LA organisers' file, a 2021 score.txt with asv_keys, or a SASV-form file)
+    asv_keys: str | None = None  # eval sets: the ASVspoof 2021 LA ASV key file (trial_metadata.txt) of asv_scores
+    sasv_scores: str | None = None  # eval sets: a SASV score file (speaker, utterance, score, key), for min a-DCF
 
     def __post_init__(self) -> None:
         _check(self.kind in DATASET_KINDS, "kind", f"one of {', '.join(DATASET_KINDS)}", self.kind)
         _check(bool(self.protocol), "protocol", "a non-empty path", self.protocol)
+        for key in ("asv_scores", "asv_keys", "sasv_scores"):
+            _check(getattr(self, key) != "", key, "a non-empty path or null", getattr(self, key))
+        _check(
+            self.asv_keys is None or self.asv_scores is not None,
+            "asv_keys",
+            "null unless asv_scores names the ASV score file the keys go with",
+            self.asv_keys,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,11 @@ class DataConfig:
         _int_at_least("sample_rate", self.sample_rate, 1)
         _int_at_least("crop_length", self.crop_length, 1)
         _int_at_least("workers", self.workers, 0)
+        for role in ("train", "dev"):
+            dataset = getattr(self, role)
+            for key in ("asv_scores", "asv_keys", "sasv_scores"):
+                value = None if dataset is None else getattr(dataset, key)
+                _check(value is None, f"{role}.{key}", "null (only eval sets are scored against ASV/SASV files)", value)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ def _list_of(reader: Callable[[Any, str], Record]) -> Callable[[Any, str], list[
 
 @dataclass(frozen=True)
 class SetMetrics(JsonRecord):
-    """One labelled set scored: counts, and the metrics both classes make defined."""
+    """One labelled set scored: counts, the metrics both classes make defined, and those that the
+    set's ASV and SASV score files make possible (absent without them)."""
 
     undefined: ClassVar[frozenset[str]] = frozenset(
         {"eer", "eer_threshold", "min_dcf", "act_dcf", "cllr", "eer_per_attack"}
@@ -193,6 +194,10 @@ class SetMetrics(JsonRecord):
     act_dcf: float | None = None
     cllr: float | None = None
     eer_per_attack: dict[str, float] | None = None
+    min_tdcf_2019: float | None = None  # with the set's ASV scores (eval set key asv_scores)
+    min_tdcf_2021: float | None = None
+    min_adcf: float | None = None  # of the set's SASV scores (eval set key sasv_scores)
+    adcf_threshold: float | None = None
 
 
 @dataclass(frozen=True)

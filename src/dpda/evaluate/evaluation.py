@@ -2,6 +2,10 @@
 
 A detector is a ``.safetensors`` file written by ``dpda train`` (its JSON metadata holds the
 config that built it and the dev-set calibration) or a run folder (its ``final.safetensors``).
+An eval set may name an ASV score file (``asv_scores``, with ``asv_keys`` for the ASVspoof 2021
+form), whose target, nontarget and spoof scores give the CM's min t-DCF, and a SASV score file
+(``sasv_scores``), whose min a-DCF is reported beside it; both are read and checked against the
+set's trials before any audio is checked or scored (``dpda.evaluate.asv``).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from torch import nn
 from dpda.atomic import remove_orphans, write_text_atomic
 from dpda.checkpoint import CheckpointError, check_architecture, load_weights
 from dpda.config import DataSet, ExperimentConfig, config_with_overrides
-from dpda.data import Utterance, fit_length, load_audio
+from dpda.data import AudioValidationError, Utterance, fit_length, load_audio, validate
 from dpda.data.audio import duration
 from dpda.data.protocols import AUDIO_EXTENSIONS
 from dpda.data.sets import DataError, dataset_name, dataset_root, read_dataset
+from dpda.evaluate.asv import AsvScoreError, TrialScores, check_trials, read_asv_scores, read_sasv_scores
 from dpda.evaluate.calibration import Calibration
-from dpda.evaluate.metrics import act_dcf, cllr, eer, eer_per_attack, min_dcf
+from dpda.evaluate.metrics import a_dcf, act_dcf, cllr, eer, eer_per_attack, min_dcf, min_tdcf, tdcf_weights
 from dpda.evaluate.scoring import predict, score_protocol, scores_from_logits
 from dpda.evaluate.segments import Aggregate, Windows, score_windows
 from dpda.markdown import table
@@ -104,17 +109,43 @@ def load_detector(
     return Detector(model.to(device).eval(), config, calibration, path)
 
 
-def set_metrics(scores: Mapping[str, float], records: Sequence[Any], protocol: str | None = None) -> SetMetrics:
+@dataclass(frozen=True)
+class EvalSet:
+    """An eval set as ``read_eval_sets`` checked it: its protocol's records, and the trials of its
+    ASV and SASV score files (None where it names none), which match those records."""
+
+    dataset: DataSet
+    records: list[Utterance]
+    asv: TrialScores | None = None
+    sasv: TrialScores | None = None
+
+
+def set_metrics(
+    scores: Mapping[str, float],
+    records: Sequence[Any],
+    protocol: str | None = None,
+    asv: TrialScores | None = None,
+    sasv: TrialScores | None = None,
+) -> SetMetrics:
     """EER (pooled and per attack), ASVspoof 5's minDCF/actDCF/Cllr (scores read as natural-log
-    likelihood ratios, which raw logit margins only approximate), and counts."""
+    likelihood ratios, which raw logit margins only approximate), and counts; with ``asv`` the min
+    t-DCF 2019 and 2021 of the CM in tandem with that ASV system, with ``sasv`` the min a-DCF of
+    those SASV scores (which do not depend on the CM) and its threshold."""
     bonafide = np.array([scores[r.utt_id] for r in records if r.label == 1])
     spoof_records = [r for r in records if r.label == 0]
     spoof = np.array([scores[r.utt_id] for r in spoof_records])
     counts = SetMetrics(protocol=protocol, utterances=len(records), bonafide=len(bonafide), spoof=len(spoof))
+    if sasv is not None:
+        min_adcf, threshold = a_dcf(sasv.of("target"), sasv.of("nontarget"), sasv.of("spoof"))
+        counts = replace(counts, min_adcf=min_adcf, adcf_threshold=threshold)
     if not (len(bonafide) and len(spoof)):
         return counts
     value, threshold = eer(bonafide, spoof)
     attacks = [r.attack or "unknown" for r in spoof_records]
+    tdcf: list[float | None] = [None, None]
+    if asv is not None:
+        trials = asv.of("target"), asv.of("nontarget"), asv.of("spoof")
+        tdcf = [min_tdcf(bonafide, spoof, *trials, version=version) for version in ("2019", "2021")]
     return replace(
         counts,
         eer=value,
@@ -123,12 +154,15 @@ def set_metrics(scores: Mapping[str, float], records: Sequence[Any], protocol: s
         act_dcf=act_dcf(bonafide, spoof),
         cllr=cllr(bonafide, spoof),
         eer_per_attack=eer_per_attack(bonafide, spoof, attacks) if len(set(attacks)) > 1 else None,
+        min_tdcf_2019=tdcf[0],
+        min_tdcf_2021=tdcf[1],
     )
 
 
-def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[tuple[DataSet, list[Utterance]]]:
-    """Each eval set with its records, every audio file checked (``check``) before any scoring;
-    two sets of one name (one score file) are refused first."""
+def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -> list[EvalSet]:
+    """Each eval set with its records and ASV/SASV trials, refused at the first problem before
+    any scoring: two sets of one name (one score file) first, then every protocol and score file
+    (read and matched to the protocol's trials), then every audio file (``check``), the slow part."""
     names = [dataset_name(d) for d in sets]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -136,15 +170,53 @@ def read_eval_sets(sets: Sequence[DataSet], check: str, progress: bool = True) -
             f"eval.sets: two sets share the name(s) {', '.join(repeated)}, and each set has a score file of its "
             "name; give them distinct name: values"
         )
-    return [
-        (d, read_dataset(d, f"eval set {name!r}", check, need_both_classes=False, progress=progress))
-        for d, name in zip(sets, names)
-    ]
+    read = []
+    for dataset, name in zip(sets, names):
+        records = read_dataset(dataset, f"eval set {name!r}", "off", need_both_classes=False, progress=progress)
+        try:
+            read.append(EvalSet(dataset, records, _asv_trials(dataset, records), _sasv_trials(dataset, records)))
+        except AsvScoreError as error:
+            raise AsvScoreError(f"eval set {name!r}: {error}") from None
+    if check != "off":
+        for eval_set, name in zip(read, names):
+            root = dataset_root(eval_set.dataset)
+            try:
+                validate(eval_set.records, root, decode=check == "decode", progress=progress)
+            except AudioValidationError as error:
+                raise DataError(f"eval set {name!r} data: {error}") from error
+    return read
+
+
+def _asv_trials(dataset: DataSet, records: Sequence[Utterance]) -> TrialScores | None:
+    """The set's ASV trials (of the CM trials' phases, for the 2021 form), checked against its
+    records and for a positive t-DCF normaliser of both versions."""
+    if dataset.asv_scores is None:
+        return None
+    trials = read_asv_scores(dataset.asv_scores, dataset.asv_keys)
+    phases = {record.extra.get("phase") for record in records}
+    if trials.phases is not None and None not in phases:  # the official t-DCF takes one phase's trials
+        trials = trials.in_phases({phase for phase in phases if phase is not None})
+        trials.require_every_key()
+    check_trials(trials, records)
+    for version in ("2019", "2021"):
+        try:
+            tdcf_weights(trials.of("target"), trials.of("nontarget"), trials.of("spoof"), version=version)
+        except ValueError as error:
+            raise AsvScoreError(f"{trials.source}: t-DCF {version}: {error}") from None
+    return trials
+
+
+def _sasv_trials(dataset: DataSet, records: Sequence[Utterance]) -> TrialScores | None:
+    if dataset.sasv_scores is None:
+        return None
+    trials = read_sasv_scores(dataset.sasv_scores)
+    check_trials(trials, records)
+    return trials
 
 
 def evaluate_sets(
     detector: Detector,
-    sets_and_records: Sequence[tuple[DataSet, list[Utterance]]],
+    eval_sets: Sequence[EvalSet],
     out: Path,
     device: torch.device,
     progress: bool = True,
@@ -157,11 +229,12 @@ def evaluate_sets(
     max_seconds = config.eval.max_seconds
     length = round(max_seconds * config.data.sample_rate) if max_seconds else None
     sets = {}
-    for dataset, records in sets_and_records:
+    for eval_set in eval_sets:
+        dataset = eval_set.dataset
         name = dataset_name(dataset)
         scores = score_protocol(
             detector.model,
-            records,
+            eval_set.records,
             dataset_root(dataset),
             out / "scores" / f"{name}.txt",
             device=device,
@@ -172,7 +245,7 @@ def evaluate_sets(
             workers=config.data.workers,
             progress=progress,
         )
-        sets[name] = set_metrics(scores, records, dataset.protocol)
+        sets[name] = set_metrics(scores, eval_set.records, dataset.protocol, eval_set.asv, eval_set.sasv)
     results = EvalResults(str(detector.path), config.eval.score, max_seconds, sets)
     results.write(out / "results.json")
     write_text_atomic(out / "results.md", results_markdown(results))
@@ -180,26 +253,29 @@ def evaluate_sets(
 
 
 def results_markdown(results: EvalResults) -> str:
+    """The results as Markdown: one row per set, the t-DCF and a-DCF columns where some set has
+    them (``-`` for the others), then each set's EER per attack."""
+
     def shown(value: float | None, percent: bool = False) -> str:
         return "-" if value is None else f"{value:.2%}" if percent else f"{value:.4f}"
 
+    metrics = results.sets.values()
+    columns = [
+        ("EER", "eer", True),
+        ("minDCF", "min_dcf", False),
+        ("actDCF", "act_dcf", False),
+        ("Cllr", "cllr", False),
+    ]
+    optional = [("min t-DCF 2019", "min_tdcf_2019"), ("min t-DCF 2021", "min_tdcf_2021"), ("min a-DCF", "min_adcf")]
+    columns += [(title, key, False) for title, key in optional if any(getattr(m, key) is not None for m in metrics)]
     rows = [
-        [
-            name,
-            m.utterances,
-            m.bonafide,
-            m.spoof,
-            shown(m.eer, percent=True),
-            shown(m.min_dcf),
-            shown(m.act_dcf),
-            shown(m.cllr),
-        ]
+        [name, m.utterances, m.bonafide, m.spoof, *(shown(getattr(m, key), percent) for _, key, percent in columns)]
         for name, m in results.sets.items()
     ]
     lines = [
         f"# Evaluation of {results.checkpoint}",
         "",
-        *table(["set", "utterances", "bona fide", "spoof", "EER", "minDCF", "actDCF", "Cllr"], rows),
+        *table(["set", "utterances", "bona fide", "spoof", *(title for title, _, _ in columns)], rows),
     ]
     for name, m in results.sets.items():
         if m.eer_per_attack:

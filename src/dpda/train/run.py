@@ -12,10 +12,11 @@ from torch import nn
 
 from dpda.augment.chain import AugmentationChain
 from dpda.checkpoint import BestCheckpoints
-from dpda.config import DataSet, ExperimentConfig
+from dpda.config import ExperimentConfig
 from dpda.data import ResumableLoader, Utterance
 from dpda.dualpath import ConflictMeter, DualPathStep
 from dpda.errors import DpdaError
+from dpda.evaluate.evaluation import EvalSet
 from dpda.results import EpochRecord
 from dpda.train.lock import RunLock
 from dpda.train.logger import RunLogger
@@ -85,7 +86,7 @@ class Run:
     steps_per_epoch: int
     train_records: list[Utterance]
     dev_records: list[Utterance] | None
-    eval_sets: list[tuple[DataSet, list[Utterance]]]
+    eval_sets: list[EvalSet]  # with their ASV/SASV trials, checked before training
     model: nn.Module
     chain: AugmentationChain
     optimizer: torch.optim.Optimizer
