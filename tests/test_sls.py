@@ -20,7 +20,7 @@ from dpda.evaluate.evaluation import Detector
 from dpda.evaluate.paper import published
 from dpda.models import build
 from dpda.models.sls import PUBLISHED_FRAMES, LayerStackFrontEnd, SLSBackEnd, adaptive_max_rows
-from dpda.models.ssl import SSLFrontEnd
+from dpda.models.ssl import TINY_KINDS, SSLFrontEnd
 from dpda.report import write_report
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baselines" / "xlsr_sls_rawboost.yaml"
@@ -61,20 +61,22 @@ def published_forward(backend: SLSBackEnd, layers: torch.Tensor) -> tuple[torch.
 # The front-end: every transformer layer
 
 
-@pytest.mark.parametrize("kind", ["wav2vec2", "wavlm", "hubert"])
+@pytest.mark.parametrize("kind", TINY_KINDS)
 def test_the_front_end_hands_over_every_transformer_layer_output(kind):
-    model = tiny_sls(kind, config_overrides={"num_hidden_layers": 3})
+    layers = {"encoder_layers" if kind == "whisper" else "num_hidden_layers": 3}
+    torch.manual_seed(0)
+    model = build({"name": "xlsr_sls", "ssl": {"tiny": kind, "config_overrides": layers}, "hidden": 16}).eval()
     encoder = model.ssl.model
     x = audio(2)
     with torch.no_grad():
         stack = model.ssl(x)
         out = encoder(x, output_hidden_states=True)
-    assert isinstance(model.ssl, LayerStackFrontEnd) and stack.shape == (2, 3, 49, 32)
+    assert isinstance(model.ssl, LayerStackFrontEnd) and stack.shape == (2, 3, model.ssl.num_frames(16000), 32)
     # layers 1 and 2: hidden states 1 and 2 (0 is the input of layer 1, not a layer's output)
     for index in range(2):
         torch.testing.assert_close(stack[:, index], out.hidden_states[index + 1], rtol=0, atol=0)
     # the last layer's own output: before a pre-norm encoder's final LayerNorm (fairseq's layer_results)
-    if kind == "wav2vec2":
+    if kind == "whisper" or getattr(encoder.config, "do_stable_layer_norm", False):
         torch.testing.assert_close(encoder.encoder.layer_norm(stack[:, -1]), out.last_hidden_state)
         assert not torch.allclose(stack[:, -1], out.last_hidden_state)
     else:
