@@ -145,6 +145,11 @@ def test_the_2021_form_pairs_scores_with_keys_line_by_line(tmp_path):
         ("sasv", ["S1 U1 NaN target"], r"x\.txt:1: score 'NaN' is not finite"),
         (
             "sasv",
+            ["S1 U1 1.0 target", "S1 U2 1.0 bonafide", "S1 U3 inf spoof", "S1 U4 1.0 BONAFIDE"],
+            r"x\.txt:2: trial key 'bonafide' is not one of target, nontarget, spoof \(2 such lines\)",
+        ),
+        (
+            "sasv",
             ["S1 U1 1.0 target", "S2 U1 0.0 nontarget", "S1 U2 0.0 spoof", "S1 U1 2.0 target"],
             r"1 repeated trial\(s\): S1 U1 \(lines 1 and 4\)",
         ),

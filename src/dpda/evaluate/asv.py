@@ -32,7 +32,6 @@ repeated; the errors name the first ids and lines and count all of them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -121,17 +120,17 @@ def read_asv_scores(path: str | Path, keys: str | Path | None = None) -> TrialSc
     path = Path(path)
     if keys is not None:
         return _read_2021(path, Path(keys))
-    rows = _rows(path)
-    width = len(rows[0][1])
-    if width == 4:
-        return _sasv(path, rows)
-    if width != 3:
+    text = _text(path)
+    line, fields = _first_line(path, text)
+    if len(fields) == 4:
+        return _sasv(_table(path, text, "sasv"))
+    if len(fields) != 3:
         raise AsvScoreError(
-            f"{path}:{rows[0][0]}: expected {_LAYOUTS['2019']} or {_LAYOUTS['sasv']} (or, with an ASV key file, "
-            f"the 2021 score form), got {width} columns: {' '.join(rows[0][1])!r}"
+            f"{path}:{line}: expected {_LAYOUTS['2019']} or {_LAYOUTS['sasv']} (or, with an ASV key file, "
+            f"the 2021 score form), got {len(fields)} columns: {' '.join(fields)!r}"
         )
-    keys_, scores = _keys_and_scores(path, rows, "2019", key_column=1, score_column=2)
-    trials = TrialScores(str(path), "2019", keys_, scores, _line_numbers(rows))
+    table = _table(path, text, "2019")
+    trials = TrialScores(str(path), "2019", _codes(table, 1), _floats(table, 2), table.lines)
     trials.require_every_key()
     return trials
 
@@ -139,39 +138,39 @@ def read_asv_scores(path: str | Path, keys: str | Path | None = None) -> TrialSc
 def read_sasv_scores(path: str | Path) -> TrialScores:
     """A SASV score file, ``ENROLMENT_SPEAKER TEST_UTTERANCE SCORE KEY`` (module docstring)."""
     path = Path(path)
-    return _sasv(path, _rows(path))
+    return _sasv(_table(path, _text(path), "sasv"))
 
 
-def _sasv(path: Path, rows: list[tuple[int, list[str]]]) -> TrialScores:
-    keys, scores = _keys_and_scores(path, rows, "sasv", key_column=3, score_column=2)
-    speakers, utterances = _ids(rows)
-    trials = TrialScores(str(path), "sasv", keys, scores, _line_numbers(rows), speakers, utterances)
+def _sasv(table: _Table) -> TrialScores:
+    speakers, utterances = tuple(table.columns[0]), tuple(table.columns[1])
+    trials = TrialScores(
+        str(table.path), "sasv", _codes(table, 3), _floats(table, 2), table.lines, speakers, utterances
+    )
     _no_repeats(trials)
     trials.require_every_key()
     return trials
 
 
 def _read_2021(path: Path, keys: Path) -> TrialScores:
-    key_rows, score_rows = _rows(keys), _rows(path)
-    codes, _ = _keys_and_scores(keys, key_rows, "2021 keys", key_column=5)
-    _, scores = _keys_and_scores(path, score_rows, "2021 scores", score_column=2)
-    if len(key_rows) != len(score_rows):
+    key_table = _table(keys, _text(keys), "2021 keys")
+    score_table = _table(path, _text(path), "2021 scores")
+    codes, scores = _codes(key_table, 5), _floats(score_table, 2)
+    if len(key_table.lines) != len(score_table.lines):
         raise AsvScoreError(
-            f"{path}: {len(score_rows)} scored trials, but the key file {keys} lists {len(key_rows)}; the files are "
-            "paired line by line"
+            f"{path}: {len(score_table.lines)} scored trials, but the key file {keys} lists {len(key_table.lines)}; "
+            "the files are paired line by line"
         )
-    for (key_line, key_fields), (score_line, score_fields) in zip(key_rows, score_rows):
-        if key_fields[:2] != score_fields[:2]:
+    for column in (0, 1):
+        if key_table.columns[column] != score_table.columns[column]:
+            pairs = zip(key_table.columns[column], score_table.columns[column])
+            row = next(index for index, (key, score) in enumerate(pairs) if key != score)
+            ids = [" ".join(table.columns[c][row] for c in (0, 1)) for table in (score_table, key_table)]
             raise AsvScoreError(
-                f"{path}:{score_line}: scores speaker/utterance {' '.join(score_fields[:2])!r}, but the key file's "
-                f"trial at the same position ({keys}:{key_line}) is {' '.join(key_fields[:2])!r}; the files are "
-                "paired line by line"
+                f"{path}:{score_table.lines[row]}: scores speaker/utterance {ids[0]!r}, but the key file's trial at "
+                f"the same position ({keys}:{key_table.lines[row]}) is {ids[1]!r}; the files are paired line by line"
             )
-    speakers, utterances = _ids(key_rows)
-    phases = tuple(fields[7] for _, fields in key_rows)
-    trials = TrialScores(
-        f"{path} (keys {keys})", "2021", codes, scores, _line_numbers(key_rows), speakers, utterances, phases
-    )
+    speakers, utterances, phases = (tuple(key_table.columns[c]) for c in (0, 1, 7))
+    trials = TrialScores(f"{path} (keys {keys})", "2021", codes, scores, key_table.lines, speakers, utterances, phases)
     _no_repeats(trials)
     trials.require_every_key()
     return trials
@@ -214,78 +213,107 @@ def _listed(items: Sequence[str]) -> str:
     return ", ".join(items[:_SHOWN]) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
-def _rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, columns) of every non-blank line; a missing or empty file is refused."""
+@dataclass(frozen=True)
+class _Table:
+    """The non-blank lines of a file as columns of text, every line of the layout's width."""
+
+    path: Path
+    lines: NDArray[np.int64]  # 1-based line number of each row
+    columns: list[list[str]]
+
+
+_WIDTHS = {"2019": 3, "2021 keys": 8, "2021 scores": 3, "sasv": 4}
+
+
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise AsvScoreError(f"{path}: cannot read the score file: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise AsvScoreError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
-    rows = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not rows:
-        raise AsvScoreError(f"{path}: no trials (the file is empty)")
-    return rows
 
 
-def _keys_and_scores(
-    path: Path,
-    rows: list[tuple[int, list[str]]],
-    layout: str,
-    *,
-    key_column: int | None = None,
-    score_column: int | None = None,
-) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
-    """Each row's key code and score, the rows checked line by line (width, key, score) so that
-    the first bad line is the one named."""
-    width = {"2019": 3, "2021 keys": 8, "2021 scores": 3, "sasv": 4}[layout]
-    keys, scores = [], []
-    for number, fields in rows:
+def _first_line(path: Path, text: str) -> tuple[int, list[str]]:
+    """The number and columns of the first non-blank line; an empty file is refused."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if fields := line.split():
+            return number, fields
+    raise AsvScoreError(f"{path}: no trials (the file is empty)")
+
+
+def _table(path: Path, text: str, layout: str) -> _Table:
+    """The file's rows as columns, each line's width checked (its keys and scores are checked by
+    ``_codes`` and ``_floats``, so a width error is named before a bad key on an earlier line).
+    Columns of strings rather than a list per row: a million small lists would keep the garbage
+    collector busy for seconds."""
+    width = _WIDTHS[layout]
+    numbers: list[int] = []
+    columns: list[list[str]] = [[] for _ in range(width)]
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
         if len(fields) != width:
             raise AsvScoreError(
                 f"{path}:{number}: expected {_LAYOUTS[layout]}, got {len(fields)} columns: {' '.join(fields)!r}"
             )
-        if key_column is not None:
-            keys.append(_key(path, number, fields[key_column]))
-        if score_column is not None:
-            scores.append(_score(path, number, fields[score_column]))
-    return np.array(keys, dtype=np.int8), np.array(scores, dtype=np.float64)
+        numbers.append(number)
+        for column, value in zip(columns, fields):
+            column.append(value)
+    if not numbers:
+        raise AsvScoreError(f"{path}: no trials (the file is empty)")
+    return _Table(path, np.array(numbers, dtype=np.int64), columns)
 
 
-def _ids(rows: list[tuple[int, list[str]]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The speaker (first) and utterance (second) columns."""
-    return tuple(fields[0] for _, fields in rows), tuple(fields[1] for _, fields in rows)
+def _codes(table: _Table, column: int) -> NDArray[np.int8]:
+    """The key column as indices into KEYS; the first line with another value is refused."""
+    values = np.array(table.columns[column])
+    codes = np.full(values.shape, -1, dtype=np.int8)
+    for code, key in enumerate(KEYS):
+        codes[values == key] = code
+    bad = np.flatnonzero(codes < 0)
+    if bad.size:
+        first = table.columns[column][bad[0]]
+        raise AsvScoreError(
+            f"{table.path}:{table.lines[bad[0]]}: trial key {first!r} is not one of {', '.join(KEYS)}"
+            + (f" ({bad.size} such lines)" if bad.size > 1 else "")
+        )
+    return codes
 
 
-def _line_numbers(rows: list[tuple[int, list[str]]]) -> NDArray[np.int64]:
-    return np.array([number for number, _ in rows], dtype=np.int64)
-
-
-def _key(path: Path, line: int, text: str) -> int:
-    if text not in KEYS:
-        raise AsvScoreError(f"{path}:{line}: trial key {text!r} is not one of {', '.join(KEYS)}")
-    return KEYS.index(text)
-
-
-def _score(path: Path, line: int, text: str) -> float:
+def _floats(table: _Table, column: int) -> NDArray[np.float64]:
+    """The score column as numbers; the first line whose score is no finite number is refused."""
+    texts = table.columns[column]
     try:
-        value = float(text)
+        scores = np.array(texts, dtype=np.float64)
     except ValueError:
-        raise AsvScoreError(f"{path}:{line}: score {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise AsvScoreError(f"{path}:{line}: score {text!r} is not finite (NaN or infinite)")
-    return value
+        for row, text in enumerate(texts):
+            try:
+                float(text)
+            except ValueError:
+                raise AsvScoreError(f"{table.path}:{table.lines[row]}: score {text!r} is not a number") from None
+        raise  # numpy refused what float() reads: a bug to report, not a user's error
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise AsvScoreError(
+            f"{table.path}:{table.lines[bad[0]]}: score {texts[bad[0]]!r} is not finite (NaN or infinite)"
+            + (f" ({bad.size} such lines)" if bad.size > 1 else "")
+        )
+    return scores
 
 
 def _no_repeats(trials: TrialScores) -> None:
     """Refuse a (speaker, utterance) trial given twice: one of its scores would count twice."""
     assert trials.speakers is not None and trials.utterances is not None
-    first: dict[tuple[str, str], int] = {}
+    pairs = list(map("\t".join, zip(trials.speakers, trials.utterances)))
+    if len(set(pairs)) == len(pairs):
+        return
+    first: dict[str, int] = {}
     repeated = []
-    for pair, line in zip(zip(trials.speakers, trials.utterances), trials.lines.tolist()):
+    for pair, line in zip(pairs, trials.lines.tolist()):
         if pair in first:
-            repeated.append(f"{' '.join(pair)} (lines {first[pair]} and {line})")
+            repeated.append(f"{pair.replace(chr(9), ' ')} (lines {first[pair]} and {line})")
         else:
             first[pair] = line
-    if repeated:
-        raise AsvScoreError(f"{trials.source}: {len(repeated)} repeated trial(s): {_listed(repeated)}")
+    raise AsvScoreError(f"{trials.source}: {len(repeated)} repeated trial(s): {_listed(repeated)}")
