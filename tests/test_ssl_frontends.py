@@ -360,3 +360,21 @@ def test_a_whisper_detector_checkpoint_rebuilds_from_its_config(tmp_path):
     x = wave()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x)[1], model(x)[1])
+
+
+def test_sls_reads_every_whisper_layer():
+    """xlsr_sls's layer-stack front-end works on Whisper too: its stack is each encoder layer's
+    output (the last before the final LayerNorm), as the hooks on the layers see them."""
+    from dpda.models.sls import LayerStackFrontEnd
+
+    torch.manual_seed(0)
+    stack = LayerStackFrontEnd.tiny("whisper").eval()
+    x = wave()
+    with torch.no_grad():
+        layers, states = stack(x), layer_io(stack, x)
+        assert layers.shape == (2, 2, 50, 32)
+        torch.testing.assert_close(layers[:, 0], states[1])
+        torch.testing.assert_close(stack.model.encoder.layer_norm(layers[:, 1]), states[2])
+    model = build({"name": "xlsr_sls", "ssl": {"tiny": "whisper"}, "hidden": 16}).train()
+    model(wave(2, 64600))[1].sum().backward()
+    assert model.ssl.model.encoder.layers[0].fc1.weight.grad.abs().sum() > 0
