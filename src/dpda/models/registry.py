@@ -3,9 +3,10 @@
 Models on raw audio take their hyperparameters as the other keys. SSL detectors
 (``xlsr_aasist``, ``xlsr_conformer_tcm``, ``xlsr_mamba``, ``xlsr_sls``) take an ``ssl`` dict for
 the front-end (``SSLFrontEnd``'s keywords, with ``source`` a local folder, a hub id, or a transformers config
-dict, as a converted paper checkpoint holds; or ``{"preset": "xlsr_300m"}`` (``xlsr_1b``, ``xlsr_2b``)
-for a random model of a published XLS-R shape; or ``{"tiny": "wav2vec2"}`` for a tiny random
-front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
+dict, as a converted paper checkpoint holds; or ``{"preset": "xlsr_300m"}`` (``ssl.PRESETS``:
+XLS-R, MMS, the base models, Whisper) for a random model of a published shape; or
+``{"tiny": "wav2vec2"}`` (``ssl.TINY_KINDS``: ``whisper``, ``data2vec-audio``, ...) for a tiny
+random front-end in tests) and the back-end's keywords as the other keys; the back-end's input width
 follows the front-end. Any model takes ``init``: a safetensors file of its weights to start from.
 
 ``custom`` imports the class it names, so it runs code: callers that build a model from a file
