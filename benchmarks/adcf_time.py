@@ -14,29 +14,18 @@ NumPy's sort runs on one thread, and ``taskset`` pins the process to one core as
 
 from __future__ import annotations
 
-import statistics
+import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from metrics import N_TRIALS, median_seconds
+
 from dpda.data import Utterance
 from dpda.evaluate import ADCFCosts, a_dcf, min_tdcf
 from dpda.evaluate.asv import check_trials, read_sasv_scores
-
-N_TRIALS = 611_829
-
-
-def median_seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def package_a_dcf(target: np.ndarray, nontarget: np.ndarray, spoof: np.ndarray) -> tuple[float, float]:
