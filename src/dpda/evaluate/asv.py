@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dpda.data.records import BONAFIDE, SPOOF, Utterance
-from dpda.errors import DpdaError
+from dpda.errors import DpdaError, listed
 
 __all__ = ["KEYS", "AsvScoreError", "TrialScores", "check_trials", "read_asv_scores", "read_sasv_scores"]
 
@@ -210,7 +210,7 @@ def check_trials(trials: TrialScores, records: Sequence[Utterance]) -> None:
 
 
 def _listed(items: Sequence[str]) -> str:
-    return ", ".join(items[:_SHOWN]) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+    return listed(items, _SHOWN)
 
 
 @dataclass(frozen=True)

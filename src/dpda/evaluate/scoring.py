@@ -25,7 +25,7 @@ from dpda.atomic import atomic_path, fsync_path
 from dpda.data import AudioDataset, Utterance
 from dpda.data.dataset import collate
 from dpda.dualpath.loss import logits_of
-from dpda.errors import DpdaError
+from dpda.errors import DpdaError, listed
 from dpda.names import SCORE_KINDS
 
 #: How a score is read from the two logits (index 1 = bona fide): the log-odds margin, or the
@@ -72,8 +72,8 @@ class ScoreError(DpdaError, ValueError):
     utterance that the model cannot score (too short for it, or a NaN/inf score)."""
 
 
-def _listed(ids: Sequence[str], limit: int = 8) -> str:
-    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+def _listed(ids: Sequence[str]) -> str:
+    return listed(ids, 8)
 
 
 def read_scores(path: str | Path, expected: Sequence[str] | None = None, *, complete: bool = True) -> dict[str, float]:

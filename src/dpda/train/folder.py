@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from dpda.atomic import NO_SPACE, remove_orphans
 from dpda.config import ExperimentConfig, config_to_dict, load_config
+from dpda.errors import listed
 from dpda.train.lock import LOCK_FILE, RunLock
 from dpda.train.run import Ranks, TrainingError
 
@@ -151,8 +152,7 @@ def _new_folder(parent: Path, name: str) -> Path:
 def _differences(saved: ExperimentConfig, given: ExperimentConfig) -> str:
     there, here = _dotted(config_to_dict(saved)), _dotted(config_to_dict(given))
     keys = sorted(key for key in there.keys() | here.keys() if there.get(key, None) != here.get(key, None))
-    shown = [f"{key} ({there.get(key)!r} there, {here.get(key)!r} here)" for key in keys[:_SHOWN]]
-    return ", ".join(shown) + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+    return listed([f"{key} ({there.get(key)!r} there, {here.get(key)!r} here)" for key in keys], _SHOWN)
 
 
 def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
